@@ -1,0 +1,177 @@
+"""The ``diffctl`` command group.
+
+``diffctl <command> ...`` for a Hydra command (train, sample, eval, inspect-schedule) hands the
+rest of argv to that command's Hydra application untouched, so ``-m``, ``--cfg job``, ``--help``
+and launchers work as in any Hydra app.  Typer handles only ``diffctl --help``, ``--version``
+and helper commands such as ``diffctl runs``.  Mistakes a user can fix print one line
+(``diffctl: error: ...``) and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from . import __version__
+
+# name -> (primary config, one-line help). Names never change once released.
+COMMANDS = {
+    "train": ("train", "Train a diffusion model (checkpoints, metrics.jsonl, sample grids)."),
+    "sample": ("sample", "Generate samples from a checkpoint, a run folder or 'latest'."),
+    "eval": ("eval", "Evaluate a checkpoint: test loss and sample quality with their floors."),
+    "inspect-schedule": ("inspect_schedule", "Print and plot a noise schedule (beta, alpha_bar, SNR, sigma)."),
+}
+
+
+def _runner(command: str) -> Callable:
+    """The function that does a command's work: (cfg, run_dir) -> summary dict."""
+    if command == "train":
+        from .train import run_train as fn
+    elif command == "sample":
+        from .sample import run_sample as fn
+    elif command == "eval":
+        from .evaluate import run_eval as fn
+    else:
+        from .inspect import run_inspect as fn
+    return fn
+
+
+def hydra_app(command: str) -> Callable[[], None]:
+    """A real ``@hydra.main`` application for ``command``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import check_choices, register_schemas
+    from .io.rundir import save_config
+
+    register_schemas()
+
+    @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
+    def app(cfg) -> None:
+        check_choices(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, cfg)
+        _runner(command)(cfg, run_dir)
+        print(f"run folder: {run_dir}", flush=True)
+
+    return app
+
+
+def _one_line(err: BaseException) -> str:
+    """Collapse a Hydra / OmegaConf / diffctl error into one readable line."""
+    parts = []
+    for e in (err, err.__cause__):
+        if e is None:
+            continue
+        for line in str(e).splitlines():
+            line = line.strip()
+            if line.startswith(("Config search path", "provider=", "full_key", "object_type", "reference_type")) or line.startswith("pkg://"):
+                continue
+            if line and line not in parts:
+                parts.append(line)
+        if "Config search path" in str(e):
+            break
+    text = "; ".join(parts).replace(":;", ":").replace("Available options in", "available options in")
+    return " ".join(text.split())
+
+
+def _user_errors() -> tuple:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import UsageError
+
+    return (UsageError, HydraException, OmegaConfBaseException, ValueError)
+
+
+def _resume_run_dir(args: list[str]) -> list[str]:
+    """``resume=<run folder|checkpoint>`` continues in that run folder: add ``hydra.run.dir``."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not values or values[-1] in ("auto", "never") or any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    path = Path(values[-1]).expanduser()
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not path.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"resume={values[-1]}: no such run folder or checkpoint")
+    return [*args, f"hydra.run.dir={path}"]
+
+
+def run_command(command: str, args: list[str]) -> int:
+    """Run a Hydra command with ``args`` as its argv; returns the exit code."""
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
+    saved = sys.argv
+    try:
+        if command == "train":
+            args = _resume_run_dir(args)
+        sys.argv = [f"diffctl {command}", *args]
+        hydra_app(command)()
+        return 0
+    except _user_errors() as e:
+        if user_full_error:
+            raise
+        print(f"diffctl {command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"diffctl {command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved
+        if not user_full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="diffctl: train, sample and evaluate diffusion models from layered Hydra configs.\n\n"
+                       "Each command takes Hydra overrides (group=option key=value), -m for sweeps, --cfg job, --help.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"diffctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
+    pass
+
+
+def _register_stub(name: str, help_text: str) -> None:
+    # Listed for `diffctl --help`; `main()` routes the real call to Hydra before Typer sees it.
+    @app.command(name=name, help=help_text, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _cmd(ctx: typer.Context) -> None:
+        raise SystemExit(run_command(name, list(ctx.args)))
+
+
+for _name, (_, _help) in COMMANDS.items():
+    _register_stub(_name, _help)
+
+
+@app.command(help="List run folders under the output root, newest first.")
+def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_ROOT or ./outputs")) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
+    table = Table("command", "run folder", "contents")
+    for cfg in sorted(root.glob("*/**/config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True):
+        folder = cfg.parent
+        contents = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        table.add_row(folder.relative_to(root).parts[0], str(folder), ", ".join(contents))
+    Console().print(table)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] in COMMANDS:
+        raise SystemExit(run_command(argv[0], argv[1:]))
+    app()

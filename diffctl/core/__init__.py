@@ -1,0 +1,1 @@
+"""Pure diffusion math: torch and math only; no IO, no configs, no printing."""

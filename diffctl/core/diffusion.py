@@ -1,0 +1,86 @@
+"""Forward process q(x_t | x_0), parameterisation conversions, and the denoiser D(x, sigma).
+
+Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
+    x_t   = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps            (DDPM eq. 4)
+    v_t   = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0            (v-prediction)
+
+Samplers work in the scaled variable  x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps  (EDM's VP
+formulation), so one sampler serves every schedule.  ``Denoiser`` turns a network that predicts
+eps, x_0 or v at timestep t into D(x, sigma) -> x_0_hat, the only thing samplers see.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .schedules import sigma_to_t
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape per-sample scalars ``[N]`` to broadcast against ``[N, ...]``."""
+    return a.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample x_t ~ q(x_t | x_0) (DDPM eq. 4); ``alpha_bar_t`` is ``[N]``, x0 and noise ``[N, ...]``."""
+    a = _bcast(alpha_bar_t, x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to output for ``prediction`` in ``PREDICTIONS``."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        a = _bcast(alpha_bar_t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
+
+
+def output_to_x0_eps(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor):
+    """Invert the parameterisation: network output at x_t -> (x0_hat, eps_hat)."""
+    a = _bcast(alpha_bar_t, x_t)
+    sa, s1a = a.sqrt(), (1 - a).sqrt()
+    if prediction == "eps":
+        eps = out
+        x0 = (x_t - s1a * eps) / sa  # DDPM eq. 4 solved for x_0
+    elif prediction == "x0":
+        x0 = out
+        eps = (x_t - sa * x0) / s1a
+    elif prediction == "v":
+        x0 = sa * x_t - s1a * out  # since x_t = sa x0 + s1a eps and v = sa eps - s1a x0
+        eps = s1a * x_t + sa * out
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
+    return x0, eps
+
+
+class Denoiser:
+    """D(x, sigma) -> x0_hat for a network ``net(x_t [N, ...], t [N]) -> output`` trained on a VP schedule.
+
+    ``x`` is the scaled variable x_0 + sigma eps; the network sees x_t = x / sqrt(1 + sigma^2)
+    (since alpha_bar = 1 / (1 + sigma^2)) and the continuous timestep for sigma.
+    ``clip`` clamps x0_hat to the data range [-1, 1] (the "clipped" sampling of DDPM).
+    """
+
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor, prediction: str = "eps", clip: bool = False):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
+        self.net, self.alpha_bar, self.prediction, self.clip = net, alpha_bar.double(), prediction, clip
+        self.nfe = 0  # network evaluations, counted per batch call
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
+        alpha_bar_t = 1 / (1 + sigma**2)
+        t = sigma_to_t(sigma, self.alpha_bar.to(sigma.device))
+        x_t = x * _bcast(alpha_bar_t.sqrt(), x)
+        out = self.net(x_t.float(), t.float()).to(x.dtype)
+        self.nfe += 1
+        x0, _ = output_to_x0_eps(self.prediction, out, x_t, alpha_bar_t)
+        return x0.clamp(-1, 1) if self.clip else x0

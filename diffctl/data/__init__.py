@@ -1,0 +1,52 @@
+"""Datasets by registry name (``dataset.name``), held in memory as tensors scaled to [-1, 1].
+
+Every dataset is a ``Dataset`` with a fixed train/test split, the shape of one item, its
+number of quantisation levels (17 for the 8x8 digits, 256 for 8-bit images, None for
+continuous 2-D data; likelihoods in bits/dim depend on it) and its class labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import digits, toy2d
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: torch.Tensor  # [N, C, H, W] or [N, D], in [-1, 1] for images
+    test: torch.Tensor
+    train_labels: Optional[torch.Tensor] = None  # [N] long
+    test_labels: Optional[torch.Tensor] = None
+    levels: Optional[int] = None  # quantisation levels of the pixels; None for continuous data
+    num_classes: int = 0
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.train.ndim == 4
+
+
+LOADERS = {"digits": digits.load, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS}}
+
+
+def load_dataset(cfg) -> Dataset:
+    """Load the dataset described by the ``dataset`` config group."""
+    if cfg.name not in LOADERS:
+        raise ValueError(f"unknown dataset {cfg.name!r}; choose from {sorted(LOADERS)}")
+    return Dataset(name=cfg.name, **LOADERS[cfg.name](cfg))
+
+
+def quantize(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
+    """Clamp to [-1, 1] and round to the dataset's pixel levels, as a saved image would be."""
+    if levels is None:
+        return x
+    step = 2 / (levels - 1)
+    return ((x.clamp(-1, 1) + 1) / step).round() * step - 1

@@ -1,0 +1,27 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes, pixel values 0..16).
+
+Bundled with scikit-learn, so it works offline.  The split is fixed: every 6th image is test
+(300 images), the rest train (1,497).
+"""
+
+from __future__ import annotations
+
+import torch
+
+LEVELS = 17  # pixel values are integers 0..16
+
+
+def load(cfg) -> dict:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None]  # [1797, 1, 8, 8], 0..16
+    x = x / (LEVELS - 1) * 2 - 1  # -> [-1, 1]
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    test = torch.arange(len(x)) % 6 == 0
+    return dict(train=x[~test], test=x[test], train_labels=y[~test], test_labels=y[test], levels=LEVELS, num_classes=10)
+
+
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> integer pixel levels 0..16."""
+    return ((x.clamp(-1, 1) + 1) / 2 * (LEVELS - 1)).round()

@@ -1,0 +1,1 @@
+"""All file IO: checkpoints, run folders, images."""

@@ -1,0 +1,73 @@
+"""The only place checkpoints are saved and loaded.
+
+A checkpoint is a ``torch.save`` dict of tensors, numbers and strings (never pickled objects),
+loaded with ``weights_only=True`` so loading can never execute code.  It carries its resolved
+config as YAML text and a format version, so ``diffctl sample ckpt=...`` needs nothing else.
+Writes are atomic: a temp file in the same folder, fsync, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+
+FORMAT = "diffctl-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """Atomically write ``state`` (plus format and version) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a diffctl checkpoint safely; a truncated, corrupt or foreign file is a UsageError."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # truncated zip, pickle with code, not a torch file at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot read checkpoint {path}: not a valid diffctl checkpoint ({first[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a diffctl checkpoint")
+    if state.get("version", 0) > VERSION:
+        raise UsageError(f"{path} has checkpoint format {state['version']}; this diffctl reads up to {VERSION}: upgrade diffctl")
+    return state
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in ``folder`` ordered by step (oldest first)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(folder: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints."""
+    for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,61 @@
+"""Turning tensors into the files users look at: PNG grids, 2-D scatter plots, npz arrays."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] ``[N, C, H, W]`` -> uint8 ``[N, H, W, C]`` in 0..255 (rounded)."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0) -> None:
+    """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, upscaled so small images stay visible."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(images)))))
+    grid = make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=nrow, padding=1, pad_value=0.5)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    img = Image.fromarray(arr)
+    scale = scale or max(1, 256 // max(images.shape[-1], 1) // 4)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def save_scatter(points: torch.Tensor, path: Path, reference: torch.Tensor | None = None, title: str = "") -> None:
+    """Scatter plot of 2-D points ``[N, 2]`` (reference data drawn faintly behind)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        ax.scatter(*reference[:5000].cpu().T.numpy(), s=2, c="lightgray", label="data")
+    ax.scatter(*points.cpu().T.float().numpy(), s=2, c="tab:blue", label="samples")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "") -> dict:
+    """Write ``grid.png`` and ``samples.npz`` (``images`` uint8 [N,H,W,C], or ``x`` float [N,2])."""
+    run_dir = Path(run_dir)
+    if samples.ndim == 4:
+        save_grid(samples, run_dir / "grid.png")
+        np.savez_compressed(run_dir / "samples.npz", images=to_uint8(samples))
+    else:
+        save_scatter(samples, run_dir / "grid.png", reference=reference, title=title)
+        np.savez_compressed(run_dir / "samples.npz", x=samples.float().cpu().numpy())
+    return {"grid": str(run_dir / "grid.png"), "samples": str(run_dir / "samples.npz")}

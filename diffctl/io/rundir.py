@@ -1,0 +1,62 @@
+"""Run folders: where they are, what they hold, and how ``ckpt=`` finds a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UsageError
+from .checkpoint import list_checkpoints
+
+CKPT_DIR = "checkpoints"
+
+
+def save_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Write the resolved config as ``config.yaml``."""
+    (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def train_runs(output_root: Path) -> list[Path]:
+    """Train run folders under ``output_root`` (single runs and sweep jobs), newest first."""
+    root = Path(output_root) / "train"
+    if not root.is_dir():
+        return []
+    runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt")}
+    return sorted(runs, key=lambda p: max(c.stat().st_mtime for c in list_checkpoints(p / CKPT_DIR)), reverse=True)
+
+
+def resolve_checkpoint(spec: str, output_root: Path) -> Path:
+    """``ckpt=`` -> a checkpoint file: a file, a run folder (its newest), or ``latest``."""
+    if spec == "latest":
+        runs = train_runs(output_root)
+        if not runs:
+            raise UsageError(f"ckpt=latest: no train run with a checkpoint under {Path(output_root) / 'train'}; run 'diffctl train' first or pass ckpt=<file|run folder>")
+        return list_checkpoints(runs[0] / CKPT_DIR)[-1]
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ckpts = list_checkpoints(path / CKPT_DIR) or list_checkpoints(path)
+        if not ckpts:
+            raise UsageError(f"ckpt={spec}: no checkpoints in this folder (expected {CKPT_DIR}/step_*.pt)")
+        return ckpts[-1]
+    raise UsageError(f"ckpt={spec}: no such file or folder (give a checkpoint file, a run folder or 'latest')")
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``: one JSON object per line, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, **record) -> None:
+        record.setdefault("time", round(time.time(), 3))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_json(path: Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,125 @@
+"""The metric registry: name -> (when it applies, how to compute it).
+
+A metric is a function ``fn(ctx) -> dict`` of an ``EvalContext``; ``applies(data)`` returns
+None when it can run on a dataset, or the reason it cannot (reported as ``skipped``).  Every
+result dict carries its sample count and metric version; sample-quality numbers carry the
+real-vs-real floor measured at the same sample count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..core.losses import simple_loss
+from .distances import frechet_distance, gaussian_stats, sliced_wasserstein
+from .reference import reference_classifier
+
+
+@dataclass
+class EvalContext:
+    net: torch.nn.Module
+    alpha_bar: torch.Tensor  # float64 [T]
+    prediction: str
+    data: object  # diffctl.data.Dataset
+    samples: Callable[[], torch.Tensor]  # generated samples [N, ...] (made once, on first call)
+    cache_dir: Path
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    extras: dict = field(default_factory=dict)  # artefacts for the report (e.g. predicted classes)
+
+
+@dataclass
+class Metric:
+    fn: Callable[[EvalContext], dict]
+    applies: Callable[[object], Optional[str]]
+    version: int = 1
+    uses_samples: bool = True
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True):
+    def deco(fn):
+        METRICS[name] = Metric(fn, applies, version, uses_samples)
+        return fn
+
+    return deco
+
+
+def _always(data) -> None:
+    return None
+
+
+def _images_with_classes(data) -> Optional[str]:
+    if not data.is_image:
+        return "needs image data"
+    if not data.num_classes:
+        return "needs class labels to train the reference classifier"
+    return None
+
+
+def _points(data) -> Optional[str]:
+    return None if not data.is_image else "needs 2-D point data"
+
+
+@register("test_loss", _always, uses_samples=False)
+@torch.no_grad()
+def test_loss(ctx: EvalContext, per_item: int = 10) -> dict:
+    """L_simple on the test split at ``per_item`` stratified timesteps per item (fixed seed)."""
+    g = torch.Generator().manual_seed(ctx.seed)
+    x, T = ctx.data.test, len(ctx.alpha_bar)
+    alpha_bar = ctx.alpha_bar.float().to(ctx.device)
+    total, count = 0.0, 0
+    for k in range(per_item):
+        t = ((k + torch.rand(len(x), generator=g)) / per_item * T).long().clamp(max=T - 1)  # stratified in [0, T)
+        noise = torch.randn(x.shape, generator=g)
+        for i in range(0, len(x), 500):
+            loss = simple_loss(ctx.net, x[i:i + 500].to(ctx.device), t[i:i + 500].to(ctx.device), alpha_bar,
+                               noise[i:i + 500].to(ctx.device), ctx.prediction)
+            total, count = total + loss.sum().item(), count + len(loss)
+    return {"value": total / count, "n": count, "target": ctx.prediction}
+
+
+@register("fd_ref", _images_with_classes)
+@torch.no_grad()
+def fd_ref(ctx: EvalContext) -> dict:
+    """Frechet distance in reference-classifier features, generated vs train split.
+
+    Generated samples are scored in chunks of the test-split size and averaged, so the value and
+    its floor (held-out test images vs train) are measured at the same sample count.
+    """
+    net, info = reference_classifier(ctx.data, ctx.cache_dir)
+    ref = gaussian_stats(net.features(ctx.data.train))
+    n = len(ctx.data.test)
+    floor = frechet_distance(*gaussian_stats(net.features(ctx.data.test)), *ref)
+    samples = ctx.samples()
+    if len(samples) < n:
+        raise ValueError(f"fd_ref needs num_samples >= {n} (the test-split size, for an equal-count floor); got {len(samples)}")
+    chunks = [frechet_distance(*gaussian_stats(net.features(samples[i:i + n])), *ref) for i in range(0, len(samples) - n + 1, n)]
+    probs = net(samples).softmax(1)
+    pred = probs.argmax(1)
+    hist = torch.bincount(pred, minlength=ctx.data.num_classes).float() / len(pred)
+    ctx.extras["predicted_classes"] = pred
+    mean = sum(chunks) / len(chunks)
+    std = (sum((c - mean) ** 2 for c in chunks) / max(len(chunks) - 1, 1)) ** 0.5
+    return {
+        "value": mean, "std_over_chunks": std, "chunks": len(chunks), "n": n, "floor": floor,
+        "class_histogram": [round(h, 4) for h in hist.tolist()],
+        "classes_present": int((hist >= 0.02).sum()),
+        "mean_confidence": probs.max(1).values.mean().item(),
+        "reference": info,
+    }
+
+
+@register("swd", _points)
+def swd(ctx: EvalContext) -> dict:
+    """Sliced Wasserstein-2 distance, generated vs test split; floor: train vs test at the same n."""
+    samples, test = ctx.samples(), ctx.data.test
+    n = min(len(samples), len(test))
+    floor = sliced_wasserstein(ctx.data.train[:n], test[:n], seed=ctx.seed)
+    return {"value": sliced_wasserstein(samples[:n], test[:n], seed=ctx.seed), "n": n, "floor": floor}

@@ -1,0 +1,141 @@
+"""A DDPM-style UNet (Ho et al. 2020, Appendix B; improved-diffusion layout).
+
+Residual blocks with GroupNorm and a sinusoidal time embedding added after the first conv,
+self-attention at chosen feature-map resolutions, skip connections between the encoder and
+decoder.  The network maps (x [N, C, H, W], t [N]) to an output of the shape of x; it knows
+nothing of noise schedules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoidal embedding of (possibly fractional) timesteps: ``[N] -> [N, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 2 or g == 1)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, + time embedding, GroupNorm -> SiLU -> dropout -> conv, + skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+        self.out_layers = nn.Sequential(_norm(c_out), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1))
+        nn.init.zeros_(self.out_layers[-1].weight)  # each block starts as the identity
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x) + self.emb(emb)[:, :, None, None]
+        return self.skip(x) + self.out_layers(h)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(n, c, h * w))  # [N, 3C, HW]
+        q, k, v = qkv.reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, HW, C/heads]
+        out = out.transpose(-1, -2).reshape(n, c, h * w)
+        return x + self.proj(out).reshape(n, c, h, w)
+
+
+class UNet(nn.Module):
+    """UNet over ``len(channel_mult)`` resolutions; attention where the feature map is in ``attn_resolutions``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (4,),
+        dropout: float = 0.0,
+        heads: int = 4,
+    ):
+        super().__init__()
+        if image_size % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult {list(channel_mult)})")
+        if channels % heads or any((channels * m) % heads for m in channel_mult):
+            raise ValueError(f"every level's channels must be divisible by heads={heads}")
+        self.channels = channels
+        emb_dim = 4 * channels
+        self.time_embed = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+
+        def stage(c_in, c_out, res):
+            block = nn.ModuleList([ResBlock(c_in, c_out, emb_dim, dropout)])
+            if res in attn_resolutions:
+                block.append(Attention(c_out, heads))
+            return block
+
+        self.down, skips, c, res = nn.ModuleList(), [channels], channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(stage(c, channels * mult, res))
+                c = channels * mult
+                skips.append(c)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                res //= 2
+                skips.append(c)
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c, heads), ResBlock(c, c, emb_dim, dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                self.up.append(stage(c + skips.pop(), channels * mult, res))
+                c = channels * mult
+                if level > 0 and i == num_res_blocks:
+                    self.up[-1].append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    self.up[-1].append(nn.Conv2d(c, c, 3, padding=1))
+                    res *= 2
+        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    @staticmethod
+    def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embed(timestep_embedding(t, self.channels))
+        h = self.stem(x)
+        hs = [h]
+        for layers in self.down:
+            h = self._run(layers, h, emb)
+            hs.append(h)
+        h = self._run(self.mid, h, emb)
+        for layers in self.up:
+            h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)

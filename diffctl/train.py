@@ -1,0 +1,221 @@
+"""``diffctl train``: the training loop (AMP, EMA, clipping, checkpoints, metrics, sample grids)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .core.losses import sample_timesteps, simple_loss
+from .data import load_dataset
+from .errors import UsageError
+from .io.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from .io.images import save_grid, save_scatter
+from .io.rundir import CKPT_DIR, MetricsLog
+from .models import build_model, count_parameters
+from .progress import progress_bar
+from .runtime import autocast, resolve_device, resolve_precision, schedule_alpha_bar
+from .sample import generate
+
+log = logging.getLogger("diffctl.train")
+
+
+class EMA:
+    """Exponential moving average of parameters, decay warmed up as min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_p, p = list(self.model.parameters()), list(model.parameters())
+        torch._foreach_lerp_(ema_p, p, 1 - d)  # ema <- d * ema + (1 - d) * p
+        for eb, b in zip(self.model.buffers(), model.buffers()):
+            eb.copy_(b)  # buffers (none in our nets today) are copied, never averaged
+
+
+def lr_lambda(optim_cfg: DictConfig, total_steps: int):
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio``."""
+
+    def f(step: int) -> float:
+        if step < optim_cfg.warmup_steps:
+            return (step + 1) / optim_cfg.warmup_steps
+        if optim_cfg.decay == "constant":
+            return 1.0
+        progress = (step - optim_cfg.warmup_steps) / max(1, total_steps - optim_cfg.warmup_steps)
+        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``resume=auto`` looks in this run folder."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        found = list_checkpoints(run_dir / CKPT_DIR)
+        return found[-1] if found else None
+    path = Path(cfg.resume)
+    found = [path] if path.is_file() else list_checkpoints(path / CKPT_DIR)
+    if not found:
+        raise UsageError(f"resume={cfg.resume}: no checkpoint there (give auto, never, a run folder or a checkpoint file)")
+    return found[-1]
+
+
+class Trainer:
+    """Holds the state of one training run; ``fit()`` runs it to ``trainer.steps``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.trainer.precision, self.device)
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # batches and timesteps
+        self.data = load_dataset(cfg.dataset)
+        self.train_x = self.data.train.to(self.device)
+        self.alpha_bar = schedule_alpha_bar(cfg.schedule)
+        self.alpha_bar_dev = self.alpha_bar.float().to(self.device)
+        self.net = build_model(cfg.model, self.data.shape).to(self.device)
+        self.ema = EMA(self.net, cfg.trainer.ema_decay)
+        o = cfg.optim
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=fused)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o, cfg.trainer.steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step = 0
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.ckpt_dir = self.run_dir / CKPT_DIR
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.opt.state_dict(),
+            "lr_scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.gen),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "data_shape": list(self.data.shape),
+        }
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.step), self.state())
+        prune_checkpoints(self.ckpt_dir, self.cfg.trainer.keep_last)
+        return path
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.net.load_state_dict(state["model"])
+            self.ema.model.load_state_dict(state["ema"])
+        except RuntimeError as e:
+            raise UsageError(f"cannot resume from {path}: its model differs from this config ({str(e).splitlines()[0]})") from None
+        self.ema.updates = state["ema_updates"]
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], self.gen)
+        self.step = state["step"]
+
+    # --- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        n = self.cfg.trainer.batch_size
+        idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
+        t = sample_timesteps(n, len(self.alpha_bar), generator=self.gen).to(self.device)
+        x0 = self.train_x[idx]
+        noise = torch.randn_like(x0)
+        with autocast(self.device, self.precision):
+            loss = simple_loss(self.net, x0, t, self.alpha_bar_dev, noise, self.cfg.model.prediction).mean()
+        if not torch.isfinite(loss):
+            raise UsageError(f"loss is {loss.item()} at step {self.step + 1}; stopped without checkpointing (last good checkpoint kept). Lower optim.lr or use trainer.precision=fp32")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        clip = self.cfg.trainer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.ema.update(self.net)
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    def sample_grid(self) -> Path:
+        """A grid (or scatter plot) of EMA samples at this step, in ``samples/``."""
+        tc = self.cfg.trainer
+        sampler_cfg = self.cfg.sampler
+        samples, _ = generate(
+            self.ema.model, self.alpha_bar, self.cfg.model.prediction, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)),
+            tc.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device,
+        )
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step_{self.step:08d}.png"
+        if self.data.is_image:
+            save_grid(samples, path)
+        else:
+            save_scatter(samples, path, reference=self.data.test, title=f"step {self.step}")
+        return path
+
+    def fit(self) -> dict:
+        tc = self.cfg.trainer
+        resume = _resume_path(self.cfg, self.run_dir)
+        if resume is not None:
+            self.load(resume)
+            log.info("resumed from %s at step %d", resume, self.step)
+        log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
+                 self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train))
+        t0, window, loss = time.perf_counter(), [], float("nan")
+        window_t0 = t0
+        start_step = self.step
+        with progress_bar("train", tc.steps, start=self.step) as advance:
+            while self.step < tc.steps:
+                loss, grad_norm = self.train_step()
+                window.append(loss)
+                advance(loss=loss)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    now = time.perf_counter()
+                    self.metrics.write(step=self.step, loss=sum(window) / len(window), lr=self.sched.get_last_lr()[0],
+                                       grad_norm=grad_norm, img_per_s=round(len(window) * tc.batch_size / max(now - window_t0, 1e-9), 1))
+                    window, window_t0 = [], now
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
+                    self.sample_grid()
+                if self.step % tc.ckpt_every == 0 and self.step < tc.steps:
+                    log.info("step %d: loss %.4f, checkpoint %s", self.step, loss, self.save().name)
+        seconds = time.perf_counter() - t0
+        path = self.save()
+        grid = self.sample_grid()
+        log.info("done: %d steps in %.1fs, final loss %.4f; checkpoint %s; samples %s", self.step - start_step, seconds, loss, path, grid)
+        return {"steps": self.step, "seconds": seconds, "final_loss": loss, "checkpoint": str(path), "grid": str(grid)}
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    return Trainer(cfg, run_dir).fit()

@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_TRAIN = [
+    "model=unet_tiny", "trainer.steps=4", "trainer.batch_size=8", "trainer.ckpt_every=2", "trainer.sample_every=2",
+    "trainer.sample_steps=3", "trainer.num_grid=4", "trainer.log_every=1", "optim.warmup_steps=1",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Shared across the session so the reference classifier is trained once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def diffctl(tmp_path, cache_dir):
+    """Run the real CLI in a subprocess with a temp output root; returns CompletedProcess."""
+    root = tmp_path / "outputs"
+
+    def run(*args, check=True, cwd=None):
+        env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+        env.pop("HYDRA_FULL_ERROR", None)
+        cmd = [sys.executable, "-m", "diffctl", *args]
+        if args and args[0] in ("train", "sample", "eval", "inspect-schedule") and "--help" not in args and "--cfg" not in args:
+            cmd.append(f"paths.cache_dir={cache_dir}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd or tmp_path, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    run.root = root
+    return run
+
+
+def run_folder(proc) -> Path:
+    """The run folder a command printed last."""
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("run folder: ")]
+    assert lines, proc.stdout + proc.stderr
+    return Path(lines[-1].split(": ", 1)[1])
