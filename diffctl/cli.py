@@ -9,6 +9,7 @@ and helper commands such as ``diffctl runs``.  Mistakes a user can fix print one
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,10 +21,10 @@ from . import __version__
 
 # name -> (primary config, one-line help). Names never change once released.
 COMMANDS = {
-    "train": ("train", "Train a diffusion model (checkpoints, metrics.jsonl, sample grids)."),
-    "sample": ("sample", "Generate samples from a checkpoint, a run folder or 'latest'."),
-    "eval": ("eval", "Evaluate a checkpoint: test loss and sample quality with their floors."),
-    "inspect-schedule": ("inspect_schedule", "Print and plot a noise schedule (beta, alpha_bar, SNR, sigma)."),
+    "train": ("train", "Train a model; checkpoints, metrics, grids."),
+    "sample": ("sample", "Sample from ckpt=<file|run|latest>."),
+    "eval": ("eval", "Metrics of a checkpoint, with floors."),
+    "inspect-schedule": ("inspect_schedule", "Table and curves of a noise schedule."),
 }
 
 
@@ -45,18 +46,22 @@ def hydra_app(command: str) -> Callable[[], None]:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import check_choices, register_schemas
+    from .config import register_schemas, validate
     from .io.rundir import save_config
 
     register_schemas()
 
     @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
     def app(cfg) -> None:
-        check_choices(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, cfg)
-        _runner(command)(cfg, run_dir)
+        try:
+            validate(cfg)
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(run_dir, cfg)
+            _runner(command)(cfg, run_dir)
+        except _user_errors() as e:
+            # Reported here, inside the job, so Hydra adds no lines of its own around it.
+            _fail(command, e)
         print(f"run folder: {run_dir}", flush=True)
 
     return app
@@ -76,8 +81,21 @@ def _one_line(err: BaseException) -> str:
                 parts.append(line)
         if "Config search path" in str(e):
             break
-    text = "; ".join(parts).replace(":;", ":").replace("Available options in", "available options in")
+    text = "; ".join(parts)
+    if "Available options in" in text:  # Hydra lists options one per line: join them with commas
+        head, _, opts = text.partition("Available options in")
+        name, _, opts = opts.partition(":")
+        text = f"{head}available options in{name}: {', '.join(o.strip() for o in opts.split(';') if o.strip())}"
     return " ".join(text.split())
+
+
+def _fail(command: str, err: BaseException) -> None:
+    """Print a user error as one line and exit 2 (or re-raise under HYDRA_FULL_ERROR=1)."""
+    if os.environ.get("DIFFCTL_FULL_ERROR") == "1":
+        raise err
+    logging.getLogger("diffctl").debug("error", exc_info=err)
+    print(f"diffctl {command}: error: {_one_line(err)}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _user_errors() -> tuple:
@@ -105,9 +123,14 @@ def _resume_run_dir(args: list[str]) -> list[str]:
 
 
 def run_command(command: str, args: list[str]) -> int:
-    """Run a Hydra command with ``args`` as its argv; returns the exit code."""
-    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
+    """Run a Hydra command with ``args`` as its argv; returns the exit code.
+
+    A user's HYDRA_FULL_ERROR=1 still shows full tracebacks; otherwise we set it so that
+    composition errors reach us here instead of Hydra's multi-line report.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ["DIFFCTL_FULL_ERROR"] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     saved = sys.argv
     try:
         if command == "train":
@@ -116,17 +139,15 @@ def run_command(command: str, args: list[str]) -> int:
         hydra_app(command)()
         return 0
     except _user_errors() as e:
-        if user_full_error:
-            raise
-        print(f"diffctl {command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        try:
+            _fail(command, e)
+        except SystemExit as exit_:
+            return int(exit_.code)
     except KeyboardInterrupt:
         print(f"diffctl {command}: interrupted", file=sys.stderr)
         return 130
     finally:
         sys.argv = saved
-        if not user_full_error:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -156,7 +177,7 @@ for _name, (_, _help) in COMMANDS.items():
     _register_stub(_name, _help)
 
 
-@app.command(help="List run folders under the output root, newest first.")
+@app.command(help="List run folders, newest first.")
 def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_ROOT or ./outputs")) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -4,7 +4,7 @@ Each YAML option names its schema in its defaults list (``- /schema_model_unet@_
 Hydra rejects an unknown key or a wrong type while composing, for ``--cfg job`` and ``-m``
 sweeps alike.  Schemas are stored at the root (not in a group) so they never show up as
 options in ``--help``.  Fields whose value must come from a fixed list are checked by
-``check_choices`` after composition, with a message naming what is allowed.
+``validate`` after composition, with a message naming what is allowed.
 """
 
 from __future__ import annotations
@@ -202,10 +202,22 @@ CHOICES = {
 }
 
 
-def check_choices(cfg: DictConfig) -> None:
-    """Raise ValueError naming the allowed values when a fixed-choice field has another value."""
+def validate(cfg: DictConfig) -> None:
+    """Checks Hydra cannot make: keys added with ``+`` that a schema lacks, and fixed choices.
+
+    Raises ValueError with one line naming what is allowed.
+    """
+    from dataclasses import fields, is_dataclass
+
     from omegaconf import OmegaConf
 
+    for group, node in cfg.items():
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is not None and is_dataclass(schema):
+            allowed = [f.name for f in fields(schema)]
+            extra = [k for k in node.keys() if k not in allowed]
+            if extra:
+                raise ValueError(f"unknown key {group}.{extra[0]}; {group} ({schema.__name__}) has: {', '.join(allowed)}")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in allowed:

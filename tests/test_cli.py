@@ -1,0 +1,128 @@
+"""The real CLI in subprocesses, in a temp output root."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, run_folder
+
+
+def test_top_level_help_lists_the_commands(diffctl):
+    out = diffctl("--help").stdout
+    for cmd in ("train", "sample", "eval", "inspect-schedule"):
+        assert cmd in out
+    assert "diffctl 0." in diffctl("--version").stdout
+
+
+def test_train_help_lists_groups_and_options(diffctl):
+    out = diffctl("train", "--help").stdout
+    assert "dataset: digits, gmm, moons, swiss_roll" in out
+    assert "model: mlp, unet_base, unet_small, unet_tiny" in out
+    assert "schedule: cosine, linear" in out
+    assert "sampler: ddim, ddpm" in out
+    assert "schema" not in out  # schemas are not user-facing options
+
+
+def test_cfg_job_prints_the_composed_config(diffctl):
+    out = diffctl("train", "schedule=cosine", "trainer.steps=7", "--cfg", "job").stdout
+    assert "name: cosine" in out and "steps: 7" in out and "hydra:" not in out
+
+
+@pytest.mark.slow
+def test_train_sample_eval_inspect_end_to_end(diffctl):
+    train = run_folder(diffctl("train", *TINY_TRAIN))
+    assert train.parent.parent == diffctl.root / "train"  # outputs/train/<date>/<time>
+    assert (train / "config.yaml").exists() and (train / "train.log").exists()
+    assert [p.name for p in sorted((train / "checkpoints").iterdir())] == ["step_00000002.pt", "step_00000004.pt"]
+    assert sorted(p.name for p in (train / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    records = [json.loads(l) for l in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
+
+    sample = run_folder(diffctl("sample", "ckpt=latest", "steps=5", "num_samples=6", "batch_size=4"))
+    info = json.loads((sample / "sample.json").read_text())
+    assert info["nfe"] == 5 and info["timesteps"][0] == 999 and info["checkpoint"].endswith("step_00000004.pt")
+    images = np.load(sample / "samples.npz")["images"]
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+    assert (sample / "grid.png").stat().st_size > 0
+
+    # image i is the same whatever the batch size, from a run folder or a file
+    again = run_folder(diffctl("sample", f"ckpt={train}", "steps=5", "num_samples=6", "batch_size=6"))
+    assert np.array_equal(np.load(again / "samples.npz")["images"], images)
+
+    ev = run_folder(diffctl("eval", f"ckpt={train / 'checkpoints' / 'step_00000004.pt'}", "steps=2", "num_samples=300"))
+    report = json.loads((ev / "metrics.json").read_text())
+    assert report["metrics"]["test_loss"]["value"] > 0
+    fd = report["metrics"]["fd_ref"]
+    assert fd["value"] > fd["floor"] > 0 and fd["n"] == 300 and fd["reference"]["test_accuracy"] > 0.9
+    assert report["skipped"] == {"swd": "needs 2-D point data"}
+    assert (ev / "real_vs_generated.png").exists()
+
+    insp = diffctl("inspect-schedule", "schedule=cosine")
+    folder = run_folder(insp)
+    assert "alpha_bar_t" in insp.stdout and (folder / "schedule.png").exists()
+    facts = json.loads((folder / "schedule.json").read_text())
+    assert facts["terminal_snr"] < 1e-6 and len(facts["rows"]) == 10
+
+
+@pytest.mark.slow
+def test_toy2d_train_sample_eval(diffctl):
+    common = ["dataset=gmm", "dataset.num_train=500", "dataset.num_test=200"]
+    diffctl("train", "model=mlp", *common, *TINY_TRAIN[1:])
+    sample = run_folder(diffctl("sample", "steps=4", "num_samples=10"))
+    assert np.load(sample / "samples.npz")["x"].shape == (10, 2)
+    ev = run_folder(diffctl("eval", "steps=4", "num_samples=200"))
+    report = json.loads((ev / "metrics.json").read_text())
+    assert report["metrics"]["swd"]["value"] > 0 and "fd_ref" in report["skipped"]
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_folder_per_job(diffctl):
+    proc = diffctl("train", "-m", "schedule=linear,cosine", *TINY_TRAIN[:3], "trainer.sample_every=0", "trainer.ckpt_every=10")
+    jobs = sorted(diffctl.root.glob("train/multirun/*/*/*/config.yaml"))
+    assert len(jobs) == 2, proc.stdout
+    assert {"linear", "cosine"} == {j.read_text().split("schedule:\n  name: ")[1].split("\n")[0] for j in jobs}
+    for j in jobs:
+        assert (j.parent / "checkpoints" / "step_00000004.pt").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_newest_checkpoint(diffctl):
+    first = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0"))
+    state4 = torch.load(first / "checkpoints" / "step_00000004.pt", weights_only=True)
+    proc = diffctl("train", f"resume={first}", *TINY_TRAIN, "trainer.steps=6", "trainer.sample_every=0")
+    assert run_folder(proc) == first and "resumed from" in proc.stdout + proc.stderr
+    steps = [json.loads(l)["step"] for l in (first / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    state6 = torch.load(first / "checkpoints" / "step_00000006.pt", weights_only=True)
+    assert state6["step"] == 6 and state6["ema_updates"] == 6
+    assert state6["optimizer"]["state"][0]["step"].item() == 6  # optimizer state carried over
+    assert not torch.equal(state4["model"]["stem.weight"], state6["model"]["stem.weight"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "schedule=nope"], "available options in 'schedule': cosine, linear"),
+    (["train", "model=unet_huge"], "available options in 'model': mlp, unet_base, unet_small, unet_tiny"),
+    (["train", "trainer.steps=abc"], "trainer.steps=abc"),
+    (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
+    (["train", "+model.foo=1"], "unknown key model.foo"),
+    (["train", "trainer.precision=fp8"], "choose from: auto, bf16, fp16, fp32"),
+    (["sample", "ckpt=/no/such/run"], "ckpt=/no/such/run: no such file or folder"),
+    (["sample", "ckpt=latest"], "no train run with a checkpoint"),
+    (["eval", "metrics=[fd_ref,nope]"], "unknown metric(s) ['nope']"),
+    (["train", "resume=/no/such/run"], "resume=/no/such/run: no such run folder"),
+])
+def test_bad_inputs_are_one_line_errors(diffctl, args, message):
+    proc = diffctl(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"diffctl {args[0]}: error: ") and message in lines[0], lines[0]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(diffctl, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = diffctl("sample", f"ckpt={bad}", check=False)
+    assert proc.returncode == 2 and "not a valid diffctl checkpoint" in proc.stderr and "Traceback" not in proc.stderr
