@@ -4,7 +4,8 @@
 rest of argv to that command's Hydra application untouched, so ``-m``, ``--cfg job``, ``--help``
 and launchers work as in any Hydra app.  Typer handles only ``diffctl --help``, ``--version``
 and helper commands such as ``diffctl runs``.  Mistakes a user can fix print one line
-(``diffctl: error: ...``) and exit 2, without a traceback.
+(``diffctl <command>: error: ...``) and exit 2, without a traceback; HYDRA_FULL_ERROR=1 shows
+the full traceback instead.
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
 
     root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
     table = Table("command", "run folder", "contents")
-    for cfg in sorted(root.glob("*/**/config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True):
+    found = [p for p in root.glob("*/**/config.yaml") if p.parent.name != ".hydra"]
+    for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         folder = cfg.parent
         contents = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
         table.add_row(folder.relative_to(root).parts[0], str(folder), ", ".join(contents))

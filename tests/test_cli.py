@@ -65,6 +65,9 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     facts = json.loads((folder / "schedule.json").read_text())
     assert facts["terminal_snr"] < 1e-6 and len(facts["rows"]) == 10
 
+    listing = diffctl("runs", "--output-root", str(diffctl.root)).stdout
+    assert listing.count("train") >= 1 and listing.count("sample") >= 2 and ".hydra" not in listing
+
 
 @pytest.mark.slow
 def test_toy2d_train_sample_eval(diffctl):
