@@ -54,41 +54,94 @@ class MLPConfig:
 
 # --- schedule ----------------------------------------------------------------------------------
 @dataclass
-class LinearScheduleConfig:
-    name: str = "linear"  # DDPM: betas linear in [beta_start, beta_end]
+class _Schedule:
+    name: str = "linear"
     timesteps: int = 1000  # T
+    zero_terminal_snr: bool = False  # rescale to zero terminal SNR (Lin et al. 2024); pair with v-prediction
+
+
+@dataclass
+class LinearScheduleConfig(_Schedule):
+    name: str = "linear"  # DDPM: betas linear in [beta_start, beta_end]
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
 
 @dataclass
-class CosineScheduleConfig:
+class ScaledLinearScheduleConfig(_Schedule):
+    name: str = "scaled_linear"  # latent diffusion: sqrt(beta) linear
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+
+@dataclass
+class CosineScheduleConfig(_Schedule):
     name: str = "cosine"  # improved DDPM eq. 17
-    timesteps: int = 1000  # T
     s: float = 0.008  # offset that keeps beta_1 from being too small
     max_beta: float = 0.999  # clip near t = T
 
 
+@dataclass
+class SigmoidScheduleConfig(_Schedule):
+    name: str = "sigmoid"  # Jabri et al. 2022 / Chen 2023
+    start: float = -3.0
+    end: float = 3.0
+    tau: float = 1.0  # temperature: larger is closer to linear in alpha_bar
+    clip_min: float = 1e-9
+
+
+@dataclass
+class EDMScheduleConfig(_Schedule):
+    name: str = "edm"  # Karras et al. 2022 noise levels, eq. 5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
 # --- sampler -----------------------------------------------------------------------------------
 @dataclass
-class DDPMSamplerConfig:
-    name: str = "ddpm"  # ancestral sampling with the posterior variance (DDPM Algorithm 2)
-    spacing: str = "trailing"  # which timesteps steps < T visits: leading | trailing | linspace
+class _Sampler:
+    name: str = "ddim"
+    spacing: str = "trailing"  # noise levels visited: leading | trailing | linspace | karras
+    rho: float = 7.0  # warping of spacing=karras (EDM eq. 5)
     clip: bool = False  # clamp x0_hat to [-1, 1] at every step
 
 
 @dataclass
-class DDIMSamplerConfig:
+class DDPMSamplerConfig(_Sampler):
+    name: str = "ddpm"  # ancestral sampling with the posterior variance (DDPM Algorithm 2)
+
+
+@dataclass
+class DDIMSamplerConfig(_Sampler):
     name: str = "ddim"  # DDIM eq. 12
     eta: float = 0.0  # 0: deterministic; 1: DDPM ancestral
-    spacing: str = "trailing"  # leading | trailing | linspace
-    clip: bool = False  # clamp x0_hat to [-1, 1] at every step
+
+
+# --- loss --------------------------------------------------------------------------------------
+@dataclass
+class SimpleLossConfig:
+    name: str = "simple"  # uniform MSE on the target at uniform timesteps (DDPM eq. 14)
+
+
+@dataclass
+class MinSNRLossConfig:
+    name: str = "min_snr"  # Hang et al. 2023: weight min(SNR, gamma) on the x0 error
+    gamma: float = 5.0
+
+
+@dataclass
+class EDMLossConfig:
+    name: str = "edm"  # Karras et al. 2022: lambda(sigma) at lognormal noise levels
+    sigma_data: float = 0.5
+    p_mean: float = -1.2  # ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
 
 
 # --- trainer / optim / paths -------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
-    steps: int = 3000  # optimisation steps
+    steps: int = 2500  # optimisation steps
     batch_size: int = 64
     precision: str = "auto"  # auto (bf16 where supported, CPU too) | bf16 | fp16 (GradScaler) | fp32
     ema_decay: float = 0.999  # EMA of weights, with warm-up min(decay, (1+n)/(10+n))
@@ -126,6 +179,7 @@ class TrainConfig:
     model: Any = None
     schedule: Any = None
     sampler: Any = None
+    loss: Any = None
     trainer: Any = None
     optim: Any = None
     paths: Any = None
@@ -164,8 +218,13 @@ class EvalConfig:
 @dataclass
 class InspectConfig:
     schedule: Any = None
+    dataset: Any = None  # the image noised in the forward-process strip
+    sampler: Any = None  # with steps: which timesteps such a sampler would visit
     paths: Any = None
+    compare: List[str] = field(default_factory=list)  # more schedules to overlay, e.g. [linear,cosine,sigmoid]
+    steps: int = 50
     rows: int = 10  # table rows, evenly spaced in t
+    image_index: int = 0  # which test image the strip noises
 
 
 SCHEMAS = {
@@ -174,7 +233,13 @@ SCHEMAS = {
     "schema_model_unet": UNetConfig,
     "schema_model_mlp": MLPConfig,
     "schema_schedule_linear": LinearScheduleConfig,
+    "schema_schedule_scaled_linear": ScaledLinearScheduleConfig,
     "schema_schedule_cosine": CosineScheduleConfig,
+    "schema_schedule_sigmoid": SigmoidScheduleConfig,
+    "schema_schedule_edm": EDMScheduleConfig,
+    "schema_loss_simple": SimpleLossConfig,
+    "schema_loss_min_snr": MinSNRLossConfig,
+    "schema_loss_edm": EDMLossConfig,
     "schema_sampler_ddpm": DDPMSamplerConfig,
     "schema_sampler_ddim": DDIMSamplerConfig,
     "schema_trainer": TrainerConfig,
@@ -197,7 +262,7 @@ def register_schemas() -> None:
 CHOICES = {
     "model.prediction": ("eps", "x0", "v"),
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
-    "sampler.spacing": ("leading", "trailing", "linspace"),
+    "sampler.spacing": ("leading", "trailing", "linspace", "karras"),
     "optim.decay": ("constant", "cosine"),
 }
 

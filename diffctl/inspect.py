@@ -1,20 +1,32 @@
-"""``diffctl inspect-schedule``: a schedule's numbers as a table and its curves as a PNG."""
+"""``diffctl inspect-schedule``: what a noise schedule does, before a GPU-day is spent on it.
+
+For one schedule, or several overlaid with ``compare=[...]``: a table, curves of beta_t,
+alpha_bar_t, log-SNR and sigma_t (``schedule.png``), a forward-process strip of one real image
+noised at 8 timesteps, one row per schedule (``forward.png``), and derived facts: terminal SNR,
+where SNR crosses 1, and the timesteps ``sampler=... steps=N sampler.spacing=...`` would visit.
+"""
 
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .core.schedules import betas_from_alpha_bar, sigmas_from_alpha_bar, snr
+from .core.diffusion import q_sample
+from .core.schedules import betas_from_alpha_bar, sampling_sigmas, sigmas_from_alpha_bar, snr
+from .data import load_dataset
+from .errors import UsageError
 from .io.rundir import write_json
 from .runtime import schedule_alpha_bar
+from .sample import visited_timesteps
 
 log = logging.getLogger("diffctl.inspect")
+STRIP_FRACTIONS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # of T, for the forward-process strip
 
 
 def schedule_curves(alpha_bar: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -22,49 +34,105 @@ def schedule_curves(alpha_bar: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"beta": betas_from_alpha_bar(alpha_bar), "alpha_bar": alpha_bar, "snr": snr(alpha_bar), "sigma": sigmas_from_alpha_bar(alpha_bar)}
 
 
-def plot_curves(curves: dict, path: Path, title: str) -> None:
+def schedule_option(name: str, like: DictConfig) -> DictConfig:
+    """The shipped config of schedule option ``name``, with T and zero_terminal_snr of ``like``."""
+    path = resources.files("diffctl.configs") / "schedule" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.name[:-5] for p in (resources.files("diffctl.configs") / "schedule").iterdir() if p.name.endswith(".yaml"))
+        raise UsageError(f"compare: unknown schedule {name!r}; choose from: {', '.join(options)}")
+    cfg = OmegaConf.create(path.read_text())
+    cfg.pop("defaults", None)
+    cfg.timesteps, cfg.zero_terminal_snr = like.timesteps, like.zero_terminal_snr
+    return cfg
+
+
+def facts(alpha_bar: torch.Tensor) -> dict:
+    s = snr(alpha_bar)
+    below = (s < 1).nonzero()
+    sig = sigmas_from_alpha_bar(alpha_bar)
+    return {"terminal_snr": float(s[-1]), "snr_crosses_1_at_t": int(below[0]) + 1 if len(below) else None,
+            "sigma_min": float(sig[0]), "sigma_max": float(sig[-1])}
+
+
+def plot_curves(all_curves: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = torch.arange(1, len(curves["beta"]) + 1).numpy()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=100)
-    panels = [("beta", "beta_t", "linear"), ("alpha_bar", "alpha_bar_t", "linear"), ("snr", "log SNR_t", "log"), ("sigma", "sigma_t", "log")]
-    for ax, (key, label, yscale) in zip(axes, panels):
-        y = curves[key].numpy()
-        if key == "snr":
-            y, yscale = torch.log(curves[key]).numpy(), "linear"
-        ax.plot(t, y)
-        ax.set_yscale(yscale)
-        ax.set_title(label)
-        ax.set_xlabel("t")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=100)
+    panels = [("beta", "beta_t", "log"), ("alpha_bar", "alpha_bar_t", "linear"), ("log_snr", "log SNR_t", "linear"), ("sigma", "sigma_t", "log")]
+    for name, curves in all_curves.items():
+        t = torch.arange(1, len(curves["beta"]) + 1).numpy()
+        for ax, (key, label, yscale) in zip(axes, panels):
+            y = torch.log(curves["snr"]) if key == "log_snr" else curves[key]
+            ax.plot(t, y.numpy(), label=name)
+            ax.set_yscale(yscale)
+            ax.set_title(label)
+            ax.set_xlabel("t")
+            ax.grid(alpha=0.3)
+    axes[2].axhline(0, color="gray", lw=0.8, ls="--")  # SNR = 1
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def forward_strip(x0: torch.Tensor, alpha_bars: dict[str, torch.Tensor], path: Path, seed: int = 0) -> list[int]:
+    """One labelled row per schedule: ``x0`` ``[C, H, W]`` noised at the same timesteps with the same noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = len(next(iter(alpha_bars.values())))
+    ts = [min(T - 1, round(f * (T - 1))) for f in STRIP_FRACTIONS]
+    noise = torch.randn((len(ts), *x0.shape), generator=torch.Generator().manual_seed(seed))
+    fig, axes = plt.subplots(len(alpha_bars), len(ts), figsize=(1.3 * len(ts) + 1, 1.4 * len(alpha_bars) + 0.3), squeeze=False, dpi=100)
+    for row, (name, ab) in zip(axes, alpha_bars.items()):
+        x_t = q_sample(x0.expand(len(ts), *x0.shape), ab[ts].float(), noise)  # DDPM eq. 4, same eps per column
+        for ax, t, img in zip(row, ts, x_t):
+            ax.imshow(((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"t={t + 1}\nSNR {snr(ab)[t].item():.2g}", fontsize=7)
+        row[0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [t + 1 for t in ts]
+
+
 def run_inspect(cfg: DictConfig, run_dir: Path) -> dict:
-    alpha_bar = schedule_alpha_bar(cfg.schedule)
-    curves = schedule_curves(alpha_bar)
-    T = len(alpha_bar)
-    rows = torch.linspace(0, T - 1, max(2, cfg.rows)).round().long().unique()
-    table = Table(title=f"schedule {cfg.schedule.name} (T = {T})")
-    for col in ("t", "beta_t", "alpha_bar_t", "SNR", "log SNR", "sigma"):
-        table.add_column(col, justify="right")
-    records = []
-    for i in rows.tolist():
-        r = {"t": i + 1, **{k: float(v[i]) for k, v in curves.items()}}
-        records.append(r)
-        table.add_row(str(r["t"]), f"{r['beta']:.4g}", f"{r['alpha_bar']:.4g}", f"{r['snr']:.4g}", f"{torch.log(curves['snr'][i]).item():.3f}", f"{r['sigma']:.4g}")
-    Console().print(table)
-    crossing = int((curves["snr"] < 1).nonzero()[0]) + 1 if (curves["snr"] < 1).any() else None
-    facts = {"terminal_snr": float(curves["snr"][-1]), "sigma_max": float(curves["sigma"][-1]), "sigma_min": float(curves["sigma"][0]),
-             "snr_crosses_1_at_t": crossing}
-    Console().print(f"terminal SNR {facts['terminal_snr']:.3g}; sigma from {facts['sigma_min']:.3g} to {facts['sigma_max']:.3g}; SNR < 1 from t = {crossing}")
-    plot_curves(curves, run_dir / "schedule.png", f"{cfg.schedule.name} (T = {T})")
-    write_json(run_dir / "schedule.json", {"schedule": cfg.schedule.name, "timesteps": T, "rows": records, **facts})
-    log.info("wrote %s", run_dir / "schedule.png")
-    return facts
+    schedules = {cfg.schedule.name: cfg.schedule, **{n: schedule_option(n, cfg.schedule) for n in cfg.compare if n != cfg.schedule.name}}
+    alpha_bars = {name: schedule_alpha_bar(s) for name, s in schedules.items()}
+    all_curves = {name: schedule_curves(ab) for name, ab in alpha_bars.items()}
+    console = Console()
+    report = {"schedules": {}}
+    for name, curves in all_curves.items():
+        T = len(curves["beta"])
+        table = Table(title=f"schedule {name} (T = {T})")
+        for col in ("t", "beta_t", "alpha_bar_t", "SNR", "log SNR", "sigma"):
+            table.add_column(col, justify="right")
+        rows = []
+        for i in torch.linspace(0, T - 1, max(2, cfg.rows)).round().long().unique().tolist():
+            r = {"t": i + 1, **{k: float(v[i]) for k, v in curves.items()}}
+            rows.append(r)
+            table.add_row(str(r["t"]), f"{r['beta']:.4g}", f"{r['alpha_bar']:.4g}", f"{r['snr']:.4g}", f"{torch.log(curves['snr'][i]).item():.3f}", f"{r['sigma']:.4g}")
+        console.print(table)
+        f = facts(alpha_bars[name])
+        sigmas = sampling_sigmas(cfg.sampler.spacing, alpha_bars[name], cfg.steps, cfg.sampler.rho)
+        f["visits"] = visited_timesteps(sigmas, alpha_bars[name])
+        console.print(f"{name}: terminal SNR {f['terminal_snr']:.3g}; SNR < 1 from t = {f['snr_crosses_1_at_t']}; "
+                      f"sigma from {f['sigma_min']:.3g} to {f['sigma_max']:.3g}")
+        console.print(f"{name}: {cfg.sampler.name} with steps={cfg.steps} spacing={cfg.sampler.spacing} visits t = {f['visits']}")
+        report["schedules"][name] = {"timesteps": T, "rows": rows, **f}
+    plot_curves(all_curves, run_dir / "schedule.png")
+    data = load_dataset(cfg.dataset)
+    if data.is_image:
+        if not 0 <= cfg.image_index < len(data.test):
+            raise UsageError(f"image_index={cfg.image_index} is outside the test split (0..{len(data.test) - 1})")
+        report["strip_timesteps"] = forward_strip(data.test[cfg.image_index], alpha_bars, run_dir / "forward.png")
+    write_json(run_dir / "schedule.json", report)
+    log.info("wrote %s%s", run_dir / "schedule.png", f" and {run_dir / 'forward.png'}" if data.is_image else "")
+    return report

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .core.diffusion import Denoiser
 from .core.samplers import get_sampler
-from .core.schedules import sampling_timesteps, sigmas_at
+from .core.schedules import sampling_sigmas, sigma_to_t
 from .io.images import save_samples
 from .io.rundir import resolve_checkpoint, write_json
 from .progress import progress_bar
@@ -38,7 +38,13 @@ class PerImageNoise:
 
 def sampler_options(sampler_cfg: DictConfig) -> dict:
     """The sampler function's keyword options (eta, ...) from its config group."""
-    return {k: v for k, v in OmegaConf.to_container(sampler_cfg).items() if k not in ("name", "spacing", "clip")}
+    return {k: v for k, v in OmegaConf.to_container(sampler_cfg).items() if k not in ("name", "spacing", "rho", "clip")}
+
+
+def visited_timesteps(sigmas: torch.Tensor, alpha_bar: torch.Tensor) -> list:
+    """The training timesteps (fractional for karras spacing) of the nonzero noise levels."""
+    t = sigma_to_t(sigmas[:-1].cpu(), alpha_bar).tolist()
+    return [int(round(v)) if abs(v - round(v)) < 1e-6 else round(v, 3) for v in t]
 
 
 @torch.no_grad()
@@ -61,8 +67,7 @@ def generate(
     info holds the sampler, steps, visited timesteps and NFE (network evaluations per image).
     """
     sampler = get_sampler(sampler_cfg.name)
-    timesteps = sampling_timesteps(sampler_cfg.spacing, len(alpha_bar), steps)
-    sigmas = sigmas_at(alpha_bar, timesteps).to(device)
+    sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
     denoise = Denoiser(net, alpha_bar.to(device), prediction, clip=sampler_cfg.clip)
     callback = (lambda *a: on_step()) if on_step else None
     out = []
@@ -72,7 +77,7 @@ def generate(
         x = noise() * sigmas[0]  # x_T = sigma_max z in the scaled variable x = x_t / sqrt(alpha_bar_t)
         out.append(sampler(denoise, x, sigmas, noise=noise, callback=callback, **sampler_options(sampler_cfg)).float().cpu())
     batches = (num_samples + batch_size - 1) // batch_size
-    info = {"sampler": sampler_cfg.name, "steps": steps, "spacing": sampler_cfg.spacing, "nfe": denoise.nfe // max(batches, 1), "timesteps": timesteps.tolist()}
+    info = {"sampler": sampler_cfg.name, "steps": steps, "spacing": sampler_cfg.spacing, "nfe": denoise.nfe // max(batches, 1), "timesteps": visited_timesteps(sigmas, alpha_bar)}
     return torch.cat(out), info
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.losses import sample_timesteps, simple_loss
+from .core.losses import LOSSES, weighted_loss
 from .data import load_dataset
 from .errors import UsageError
 from .io.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -57,6 +57,22 @@ def lr_lambda(optim_cfg: DictConfig, total_steps: int):
     return f
 
 
+def _loss_functions(loss_cfg: DictConfig):
+    """(training noise-level sampler, weighting) of the ``loss`` group, with its parameters bound."""
+    import functools
+    import inspect
+
+    if loss_cfg.name not in LOSSES:
+        raise UsageError(f"unknown loss {loss_cfg.name!r}; choose from: {', '.join(LOSSES)}")
+    params = {k: v for k, v in loss_cfg.items() if k != "name"}
+
+    def bind(fn):  # each config key goes to the function that takes it
+        names = inspect.signature(fn).parameters
+        return functools.partial(fn, **{k: v for k, v in params.items() if k in names})
+
+    return tuple(bind(fn) for fn in LOSSES[loss_cfg.name])
+
+
 def _rng_state(gen: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
     if torch.cuda.is_available():
@@ -99,9 +115,12 @@ class Trainer:
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
-        self.alpha_bar_dev = self.alpha_bar.float().to(self.device)
+        self.alpha_bar_dev = self.alpha_bar.to(self.device)
         self.net = build_model(cfg.model, self.data.shape).to(self.device)
         self.ema = EMA(self.net, cfg.trainer.ema_decay)
+        self.sigma_sampler, self.weight = _loss_functions(cfg.loss)
+        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps":
+            log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=fused)
@@ -149,11 +168,11 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         n = self.cfg.trainer.batch_size
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
-        t = sample_timesteps(n, len(self.alpha_bar), generator=self.gen).to(self.device)
+        sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
         x0 = self.train_x[idx]
         noise = torch.randn_like(x0)
         with autocast(self.device, self.precision):
-            loss = simple_loss(self.net, x0, t, self.alpha_bar_dev, noise, self.cfg.model.prediction).mean()
+            loss = weighted_loss(self.net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
         if not torch.isfinite(loss):
             raise UsageError(f"loss is {loss.item()} at step {self.step + 1}; stopped without checkpointing (last good checkpoint kept). Lower optim.lr or use trainer.precision=fp32")
         self.opt.zero_grad(set_to_none=True)

@@ -20,7 +20,8 @@ def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
     assert "dataset: digits, gmm, moons, swiss_roll" in out
     assert "model: mlp, unet_base, unet_small, unet_tiny" in out
-    assert "schedule: cosine, linear" in out
+    assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
+    assert "loss: edm, min_snr, simple" in out
     assert "sampler: ddim, ddpm" in out
     assert "schema" not in out  # schemas are not user-facing options
 
@@ -61,8 +62,8 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
 
     insp = diffctl("inspect-schedule", "schedule=cosine")
     folder = run_folder(insp)
-    assert "alpha_bar_t" in insp.stdout and (folder / "schedule.png").exists()
-    facts = json.loads((folder / "schedule.json").read_text())
+    assert "alpha_bar_t" in insp.stdout and (folder / "schedule.png").exists() and (folder / "forward.png").exists()
+    facts = json.loads((folder / "schedule.json").read_text())["schedules"]["cosine"]
     assert facts["terminal_snr"] < 1e-6 and len(facts["rows"]) == 10
 
     listing = diffctl("runs", "--output-root", str(diffctl.root)).stdout
@@ -105,7 +106,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "schedule=nope"], "available options in 'schedule': cosine, linear"),
+    (["train", "schedule=nope"], "available options in 'schedule': cosine, edm, linear, scaled_linear, sigmoid"),
     (["train", "model=unet_huge"], "available options in 'model': mlp, unet_base, unet_small, unet_tiny"),
     (["train", "trainer.steps=abc"], "trainer.steps=abc"),
     (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
@@ -129,3 +130,35 @@ def test_corrupt_checkpoint_is_a_clear_error(diffctl, tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     proc = diffctl("sample", f"ckpt={bad}", check=False)
     assert proc.returncode == 2 and "not a valid diffctl checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspect_schedule_compares_and_reports_visits(diffctl):
+    from PIL import Image
+
+    proc = diffctl("inspect-schedule", "compare=[linear,cosine,sigmoid]", "steps=10", "sampler.spacing=trailing")
+    folder = run_folder(proc)
+    report = json.loads((folder / "schedule.json").read_text())
+    assert list(report["schedules"]) == ["linear", "cosine", "sigmoid"]
+    assert report["schedules"]["linear"]["visits"] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    crossings = {n: r["snr_crosses_1_at_t"] for n, r in report["schedules"].items()}
+    assert crossings["linear"] < crossings["cosine"]  # the cosine schedule destroys information later
+    assert "SNR < 1 from t =" in proc.stdout and "visits t = [999, 899" in proc.stdout
+    strip = Image.open(folder / "forward.png")
+    assert strip.width > strip.height > 300  # 3 rows (schedules) of 8 columns (timesteps)
+    assert report["strip_timesteps"] == [1, 101, 201, 351, 501, 650, 800, 1000]
+    bad = diffctl("inspect-schedule", "compare=[linear,nope]", check=False)
+    assert bad.returncode == 2 and "compare: unknown schedule 'nope'" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["schedule=cosine", "model.prediction=v", "loss=min_snr", "schedule.zero_terminal_snr=true"],
+    ["schedule=edm", "model.prediction=x0", "loss=edm", "sampler.spacing=karras"],
+    ["schedule=sigmoid", "model.prediction=eps", "sampler=ddpm", "sampler.spacing=leading"],
+])
+def test_schedules_targets_and_losses_train_and_sample(diffctl, overrides):
+    train = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0", *overrides))
+    sample = run_folder(diffctl("sample", f"ckpt={train}", "steps=4", "num_samples=4", *[o for o in overrides if o.startswith("sampler")]))
+    info = json.loads((sample / "sample.json").read_text())
+    assert info["nfe"] == 4 and len(info["timesteps"]) == 4
+    assert np.isfinite(np.load(sample / "samples.npz")["images"]).all()

@@ -13,8 +13,8 @@ from diffctl.data import load_dataset
 from diffctl.models import build_model, count_parameters
 from diffctl.runtime import schedule_alpha_bar
 
-COMMANDS = {"train": ["dataset", "model", "schedule", "sampler", "trainer", "optim", "paths"],
-            "sample": ["sampler", "paths"], "eval": ["sampler", "paths"], "inspect_schedule": ["schedule", "paths"]}
+COMMANDS = {"train": ["dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"],
+            "sample": ["sampler", "paths"], "eval": ["sampler", "paths"], "inspect_schedule": ["schedule", "dataset", "sampler", "paths"]}
 
 
 def options(group):
@@ -42,8 +42,9 @@ def test_every_option_composes_and_validates(command, group, option):
 def test_group_options_are_the_documented_names():
     assert options("dataset") == ["digits", "gmm", "moons", "swiss_roll"]
     assert options("model") == ["mlp", "unet_base", "unet_small", "unet_tiny"]
-    assert set(options("schedule")) >= {"linear", "cosine"}
+    assert options("schedule") == ["cosine", "edm", "linear", "scaled_linear", "sigmoid"]
     assert set(options("sampler")) >= {"ddpm", "ddim"}
+    assert options("loss") == ["edm", "min_snr", "simple"]
 
 
 @pytest.mark.parametrize("model", ["unet_tiny", "unet_small", "unet_base"])
@@ -72,7 +73,9 @@ def test_model_and_data_mismatch_is_a_clear_error():
 @pytest.mark.parametrize("schedule", options("schedule"))
 def test_schedule_options_give_decreasing_alpha_bar(schedule):
     ab = schedule_alpha_bar(_compose("train", [f"schedule={schedule}"]).schedule)
-    assert ab.shape == (1000,) and (ab[1:] < ab[:-1]).all() and 0 < ab[-1] < ab[0] < 1
+    assert ab.shape == (1000,) and (ab[1:] <= ab[:-1]).all() and 0 < ab[-1] < ab[0] < 1
+    ztsnr = schedule_alpha_bar(_compose("train", [f"schedule={schedule}", "schedule.zero_terminal_snr=true"]).schedule)
+    assert ztsnr[-1] <= ab[-1] and ztsnr[-1] < 1e-6 and (ztsnr[1:] < ztsnr[:-1]).all()
 
 
 def test_digits_split_and_scaling():

@@ -66,3 +66,63 @@ def test_sigma_to_t_is_exact_at_training_timesteps_and_monotone():
     assert S.sigma_to_t(mid, ab).item() == pytest.approx(10.5, abs=1e-9)
     sigmas = S.sigmas_at(ab, S.sampling_timesteps("trailing", 1000, 5))
     assert sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+
+
+def test_scaled_linear_matches_latent_diffusion():
+    ab = S.make_alpha_bar("scaled_linear", 1000)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    assert torch.allclose(S.betas_from_alpha_bar(ab), betas, atol=1e-12)
+    assert betas[0].item() == pytest.approx(0.00085) and betas[-1].item() == pytest.approx(0.012)
+
+
+def test_sigmoid_matches_chen_2023_algorithm_1():
+    T, start, end, tau = 1000, -3.0, 3.0, 1.0
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    gamma = lambda t: (sig(end / tau) - sig((t * (end - start) + start) / tau)) / (sig(end / tau) - sig(start / tau))
+    ab = S.make_alpha_bar("sigmoid", T)
+    for i in (1, 250, 500, 999):
+        assert ab[i - 1].item() == pytest.approx(gamma(i / T), rel=1e-9)
+    assert ab[-1].item() == pytest.approx(1e-9)  # gamma(1) = 0, clipped
+    assert ab[499].item() == pytest.approx(0.5, abs=1e-3)  # symmetric around t = T/2
+
+
+def test_edm_levels_follow_karras_eq5():
+    ab = S.make_alpha_bar("edm", 100)
+    sig = S.sigmas_from_alpha_bar(ab)
+    assert sig[0].item() == pytest.approx(0.002, rel=1e-6) and sig[-1].item() == pytest.approx(80.0, rel=1e-6)
+    i = 37
+    expected = (0.002 ** (1 / 7) + i / 99 * (80 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7
+    assert sig[i].item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear"])
+def test_zero_terminal_snr_rescale_lin_et_al(name):
+    plain = S.make_alpha_bar(name, 1000)
+    ab = S.make_alpha_bar(name, 1000, zero_terminal_snr=True)
+    assert ab[0].item() == pytest.approx(plain[0].item(), rel=1e-12)  # sqrt(alpha_bar_1) kept
+    assert 0 < ab[-1].item() < 1e-6 and ab[-1] == min(ab[-2] ** 2 / ab[-3], plain[-1])  # ~zero SNR, sigma finite
+    assert (ab[1:] < ab[:-1]).all()
+    # Algorithm 1 is affine in sqrt(alpha_bar): interior points follow the same map
+    s, s0, sT = plain.sqrt(), plain[0].sqrt(), plain[-1].sqrt()
+    assert torch.allclose(ab[1:-1].sqrt(), ((s - sT) * s0 / (s0 - sT))[1:-1], rtol=1e-10)
+
+
+def test_karras_spacing_spans_the_schedule():
+    ab = S.make_alpha_bar("linear", 1000)
+    sig = S.sigmas_from_alpha_bar(ab)
+    ks = S.sampling_sigmas("karras", ab, 10, rho=7.0)
+    assert len(ks) == 11 and ks[-1] == 0 and (ks[1:] < ks[:-1]).all()
+    assert ks[0].item() == pytest.approx(sig[-1].item()) and ks[-2].item() == pytest.approx(sig[0].item())
+    ramp = (ks[:-1] ** (1 / 7)).diff()
+    assert torch.allclose(ramp, ramp[0].expand_as(ramp))  # equally spaced in sigma^(1/rho)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_discrete_spacings_visit_exactly_the_requested_timesteps(spacing):
+    ab = S.make_alpha_bar("cosine", 1000)
+    for steps in (1, 10, 25):
+        sigmas = S.sampling_sigmas(spacing, ab, steps)
+        visited = S.sigma_to_t(sigmas[:-1], ab)
+        assert torch.allclose(visited, S.sampling_timesteps(spacing, 1000, steps).double(), atol=1e-6)
+    trailing = S.sigma_to_t(S.sampling_sigmas("trailing", ab, 10)[:-1], ab)
+    assert trailing[0].item() == pytest.approx(999)  # the first step is at the last timestep

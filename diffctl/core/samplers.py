@@ -4,7 +4,7 @@
 
 * ``denoise(x, sigma) -> x0_hat`` is the denoiser D (see ``diffusion.Denoiser``);
 * ``x`` ``[N, ...]`` is the start, already at noise level ``sigmas[0]`` (x = sigma_0 * z);
-* ``sigmas`` is a decreasing float64 tensor ending in 0 (``schedules.sigmas_at``);
+* ``sigmas`` is a decreasing float64 tensor ending in 0 (``schedules.sampling_sigmas``);
 * ``noise(i) -> [N, ...]`` supplies fresh standard normal noise for step i (seeded per image by
   the caller, so image k is the same whatever the batch size);
 * ``callback(i, sigma, x, x0_hat)`` is called after every step (progress bars live there).

@@ -50,13 +50,61 @@ def alpha_bar_cosine(timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def make_alpha_bar(name: str, timesteps: int, **params) -> torch.Tensor:
+@_register(SCHEDULES, "scaled_linear")
+def alpha_bar_scaled_linear(timesteps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Latent diffusion (Rombach et al. 2022): sqrt(beta) linear, beta_t = (lerp(sqrt b0, sqrt b1))^2."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+@_register(SCHEDULES, "sigmoid")
+def alpha_bar_sigmoid(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, clip_min: float = 1e-9) -> torch.Tensor:
+    """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Algorithm 1, "sigmoid_schedule").
+
+    gamma(t) = (sigmoid(end / tau) - sigmoid((t (end - start) + start) / tau)) / (sigmoid(end / tau) - sigmoid(start / tau)),
+    the continuous alpha_bar at t = i / T, i = 1..T, clipped below at ``clip_min``.
+    """
+    t = torch.arange(1, timesteps + 1, dtype=torch.float64) / timesteps
+    v_start, v_end = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64)), torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    gamma = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)  # Chen 2023, Alg. 1
+    return gamma.clamp(min=clip_min)
+
+
+@_register(SCHEDULES, "edm")
+def alpha_bar_edm(timesteps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """EDM noise levels (Karras et al. 2022, eq. 5) as a VP schedule: alpha_bar = 1 / (1 + sigma^2).
+
+    sigma_i = (sigma_min^(1/rho) + i/(T-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, increasing in t,
+    so the network is conditioned on a continuous, rho-warped index of log sigma.
+    """
+    ramp = torch.linspace(0, 1, timesteps, dtype=torch.float64)
+    sigmas = (sigma_min ** (1 / rho) + ramp * (sigma_max ** (1 / rho) - sigma_min ** (1 / rho))) ** rho  # EDM eq. 5
+    return 1 / (1 + sigmas**2)
+
+
+def rescale_zero_terminal_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, Algorithm 1: shift and scale sqrt(alpha_bar) so that its last value is 0.
+
+    sqrt(alpha_bar_1) is kept.  The exact terminal zero (sigma = infinity) is replaced by the
+    log-linear extrapolation of its two predecessors, a_T = a_{T-1}^2 / a_{T-2}, or the original
+    a_T if that is smaller: the schedule stays strictly decreasing and sigma_max finite (~3e4 for
+    linear), far beyond the data scale.
+    """
+    s = alpha_bar.sqrt()
+    s0, sT = s[0].clone(), s[-1].clone()
+    a = ((s - sT) * s0 / (s0 - sT)) ** 2  # Alg. 1: shift so the last is 0, scale so the first is unchanged
+    a[-1] = torch.minimum(a[-2] ** 2 / a[-3], alpha_bar[-1])
+    return a
+
+
+def make_alpha_bar(name: str, timesteps: int, zero_terminal_snr: bool = False, **params) -> torch.Tensor:
     """Look a schedule up by its registry name; ``params`` are its published constants."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
     if timesteps < 2:
         raise ValueError(f"schedule.timesteps must be >= 2, got {timesteps}")
-    return SCHEDULES[name](timesteps, **params)
+    alpha_bar = SCHEDULES[name](timesteps, **params)
+    return rescale_zero_terminal_snr(alpha_bar) if zero_terminal_snr else alpha_bar
 
 
 def betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -101,7 +149,7 @@ def timesteps_linspace(timesteps: int, steps: int) -> torch.Tensor:
 def sampling_timesteps(spacing: str, timesteps: int, steps: int) -> torch.Tensor:
     """The decreasing training timesteps ``[steps]`` a sampler with ``steps`` steps visits."""
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose from {sorted(SPACINGS)}")
+        raise ValueError(f"unknown spacing {spacing!r}; choose from {sorted(SPACINGS) + ['karras']}")
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
     return SPACINGS[spacing](timesteps, steps)
@@ -111,6 +159,28 @@ def sigmas_at(alpha_bar: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """Noise levels at the visited timesteps, with the final 0 appended: float64 ``[steps + 1]``."""
     sig = sigmas_from_alpha_bar(alpha_bar.double())[timesteps]
     return torch.cat([sig, sig.new_zeros(1)])
+
+
+def sigmas_karras(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: steps noise levels from sigma_max down to sigma_min, then 0."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    max_r, min_r = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sig = (max_r + ramp * (min_r - max_r)) ** rho  # EDM eq. 5
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def sampling_sigmas(spacing: str, alpha_bar: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """The noise levels ``[steps + 1]`` (ending in 0) a sampler visits on a schedule.
+
+    ``leading | trailing | linspace`` pick training timesteps; ``karras`` spaces noise levels
+    between the schedule's smallest and largest sigma with EDM's rho-warping.
+    """
+    if spacing == "karras":
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        sig = sigmas_from_alpha_bar(alpha_bar.double())
+        return sigmas_karras(sig[0].item(), sig[-1].item(), steps, rho)
+    return sigmas_at(alpha_bar, sampling_timesteps(spacing, len(alpha_bar), steps))
 
 
 def sigma_to_t(sigma: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
