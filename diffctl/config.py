@@ -30,6 +30,15 @@ class Toy2dConfig:
     seed: int = 0  # generator seed of the points (test uses seed + 1)
 
 
+@dataclass
+class DigitsGMMConfig:
+    name: str = "digits_gmm"  # 8x8 Gaussian mixture around the 10 class-mean digits (exact denoiser known)
+    std: float = 0.2  # shared isotropic std of each component, in [-1, 1] pixel units
+    num_train: int = 2000
+    num_test: int = 300
+    seed: int = 0
+
+
 # --- model -------------------------------------------------------------------------------------
 @dataclass
 class UNetConfig:
@@ -41,6 +50,12 @@ class UNetConfig:
     attn_resolutions: List[int] = field(default_factory=lambda: [4])  # feature-map sizes with self-attention
     dropout: float = 0.0
     heads: int = 4  # attention heads
+
+
+@dataclass
+class OracleConfig:
+    arch: str = "oracle"  # the closed-form optimal denoiser of dataset=gmm|digits_gmm; sample/eval only
+    prediction: str = "x0"
 
 
 @dataclass
@@ -104,7 +119,7 @@ class _Sampler:
     name: str = "ddim"
     spacing: str = "trailing"  # noise levels visited: leading | trailing | linspace | karras
     rho: float = 7.0  # warping of spacing=karras (EDM eq. 5)
-    clip: bool = False  # clamp x0_hat to [-1, 1] at every step
+    clip: Optional[bool] = None  # clamp x0_hat to [-1, 1] at every step; null: for pixel data (datasets with levels)
 
 
 @dataclass
@@ -116,6 +131,44 @@ class DDPMSamplerConfig(_Sampler):
 class DDIMSamplerConfig(_Sampler):
     name: str = "ddim"  # DDIM eq. 12
     eta: float = 0.0  # 0: deterministic; 1: DDPM ancestral
+
+
+@dataclass
+class EulerSamplerConfig(_Sampler):
+    name: str = "euler"  # Euler on the probability-flow ODE
+
+
+@dataclass
+class EulerAncestralSamplerConfig(_Sampler):
+    name: str = "euler_ancestral"
+    eta: float = 1.0  # share of each step's variance re-injected as fresh noise
+
+
+@dataclass
+class HeunSamplerConfig(_Sampler):
+    name: str = "heun"  # EDM Algorithm 2 (2 NFE per step but the last)
+    S_churn: float = 0.0  # total stochasticity; 0 = deterministic Heun
+    S_tmin: float = 0.0  # churn only for sigma in [S_tmin, S_tmax]
+    S_tmax: float = 1.0e9
+    S_noise: float = 1.0  # noise inflation of the churn
+
+
+@dataclass
+class DPMpp2MSamplerConfig(_Sampler):
+    name: str = "dpmpp_2m"  # DPM-Solver++(2M)
+
+
+@dataclass
+class DPMpp2MSDESamplerConfig(_Sampler):
+    name: str = "dpmpp_2m_sde"  # DPM-Solver++(2M) SDE
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+
+@dataclass
+class UniPCSamplerConfig(_Sampler):
+    name: str = "unipc"  # UniPC bh2 predictor-corrector
+    order: int = 2  # predictor order (1..3); the corrector adds one
 
 
 # --- loss --------------------------------------------------------------------------------------
@@ -191,6 +244,9 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     sampler: Any = None
+    model: Any = None  # only model=oracle (with dataset=, schedule=): a checkpoint brings its own
+    dataset: Any = None
+    schedule: Any = None
     paths: Any = None
     ckpt: str = "latest"  # checkpoint file | run folder | latest
     steps: int = 50  # sampling steps (NFE for ddim / ddpm)
@@ -204,10 +260,14 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     sampler: Any = None
+    model: Any = None
+    dataset: Any = None
+    schedule: Any = None
     paths: Any = None
     ckpt: str = "latest"
-    metrics: List[str] = field(default_factory=lambda: ["test_loss", "fd_ref", "swd"])  # those that apply run
-    steps: int = 50
+    metrics: List[str] = field(default_factory=lambda: ["test_loss", "fd_ref", "swd", "logp_true"])  # those that apply run
+    samplers: List[str] = field(default_factory=list)  # several samplers: a quality-vs-NFE grid (with steps=[...])
+    steps: Any = 50  # an int, or a list of step counts for the grid
     num_samples: int = 1000
     batch_size: int = 500
     seed: int = 0
@@ -232,6 +292,8 @@ SCHEMAS = {
     "schema_dataset_toy2d": Toy2dConfig,
     "schema_model_unet": UNetConfig,
     "schema_model_mlp": MLPConfig,
+    "schema_model_oracle": OracleConfig,
+    "schema_dataset_digits_gmm": DigitsGMMConfig,
     "schema_schedule_linear": LinearScheduleConfig,
     "schema_schedule_scaled_linear": ScaledLinearScheduleConfig,
     "schema_schedule_cosine": CosineScheduleConfig,
@@ -242,6 +304,12 @@ SCHEMAS = {
     "schema_loss_edm": EDMLossConfig,
     "schema_sampler_ddpm": DDPMSamplerConfig,
     "schema_sampler_ddim": DDIMSamplerConfig,
+    "schema_sampler_euler": EulerSamplerConfig,
+    "schema_sampler_euler_ancestral": EulerAncestralSamplerConfig,
+    "schema_sampler_heun": HeunSamplerConfig,
+    "schema_sampler_dpmpp_2m": DPMpp2MSamplerConfig,
+    "schema_sampler_dpmpp_2m_sde": DPMpp2MSDESamplerConfig,
+    "schema_sampler_unipc": UniPCSamplerConfig,
     "schema_trainer": TrainerConfig,
     "schema_optim_adamw": AdamWConfig,
     "schema_paths": PathsConfig,
@@ -250,6 +318,22 @@ SCHEMAS = {
     "schema_eval": EvalConfig,
     "schema_inspect_schedule": InspectConfig,
 }
+
+
+def load_option(group: str, name: str) -> DictConfig:
+    """The shipped YAML of option ``name`` in config ``group`` (its schema line dropped)."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    folder = resources.files("diffctl.configs") / group
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise ValueError(f"unknown {group} {name!r}; choose from: {', '.join(options)}")
+    cfg = OmegaConf.create(path.read_text())
+    cfg.pop("defaults", None)
+    return cfg
 
 
 def register_schemas() -> None:

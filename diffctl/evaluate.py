@@ -1,25 +1,28 @@
-"""``diffctl eval``: run the registered metrics that apply to a checkpoint's dataset."""
+"""``diffctl eval``: run the registered metrics that apply to a checkpoint (or the oracle).
+
+With ``samplers=[...]`` and/or ``steps=[...]`` it evaluates every sampler at every step count
+and writes the quality-vs-NFE table and plot, with the real-vs-real floor drawn.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
-import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .data import load_dataset, quantize
+from .config import load_option
+from .data import quantize
 from .errors import UsageError
 from .io.images import save_grid, save_scatter
-from .io.rundir import resolve_checkpoint, write_json
-from .metrics import METRICS, EvalContext
-from .progress import progress_bar
-from .runtime import load_trained, resolve_device
-from .sample import generate
+from .io.rundir import write_json
+from .metrics import METRICS, EvalContext, skip_reason
+from .runtime import load_source, resolve_device
+from .sample import sample_with_progress
 
 log = logging.getLogger("diffctl.eval")
 
@@ -45,66 +48,123 @@ def _side_by_side(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
         save_scatter(fake, path, reference=real, title="test split (grey) vs generated (blue)")
 
 
+def _grid(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
+    """(sampler config, steps) pairs: ``samplers`` x ``steps``; spacing and rho of ``sampler`` apply to all."""
+    steps = list(cfg.steps) if OmegaConf.is_list(cfg.steps) else [cfg.steps]
+    if not steps or not all(isinstance(s, int) and s >= 1 for s in steps):
+        raise UsageError(f"steps must be a positive integer or a list of them, got {OmegaConf.to_container(cfg.steps) if OmegaConf.is_list(cfg.steps) else cfg.steps}")
+    configs = []
+    for name in cfg.samplers or [cfg.sampler.name]:
+        try:
+            sc = cfg.sampler if name == cfg.sampler.name else load_option("sampler", name)
+        except ValueError as e:
+            raise UsageError(f"samplers: {e}") from None
+        sc.spacing, sc.rho = cfg.sampler.spacing, cfg.sampler.rho
+        configs.append(sc)
+    return [(sc, n) for sc in configs for n in steps]
+
+
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise UsageError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRICS)}")
-    ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
-    trained = load_trained(ckpt, device, ema=cfg.ema)
-    data = load_dataset(trained.cfg.dataset)
-    timings, cache = {}, {}
+    grid = _grid(cfg)
+    source = load_source(cfg, device)
+    data = source.data
+    log.info("evaluating %s", source.describe())
+    skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}
+    active = [m for m in cfg.metrics if m not in skipped]
+    rows, once, timings = [], {}, {}
+    for sampler_cfg, steps in grid:
+        cache = {}
 
-    def samples() -> torch.Tensor:
-        if "x" not in cache:
-            t0 = time.perf_counter()
-            total = cfg.steps * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
-            with progress_bar(f"sampling {cfg.sampler.name}", total) as advance:
-                x, info = generate(trained.net, trained.alpha_bar, trained.cfg.model.prediction, cfg.sampler, cfg.steps,
-                                   cfg.num_samples, data.shape, seed=cfg.seed, batch_size=cfg.batch_size, device=device, on_step=advance)
-            cache["x"], cache["info"] = quantize(x, data.levels), info
-            timings["sampling"] = round(time.perf_counter() - t0, 3)
-        return cache["x"]
+        def samples() -> torch.Tensor:
+            if "x" not in cache:
+                x, cache["info"], timings[f"sampling {sampler_cfg.name}x{steps}"] = sample_with_progress(source, cfg, device, steps, sampler_cfg)
+                cache["x"] = quantize(x, data.levels)
+            return cache["x"]
 
-    ctx = EvalContext(trained.net, trained.alpha_bar, trained.cfg.model.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device)
-    results, skipped = {}, {}
-    for name in cfg.metrics:
-        metric = METRICS[name]
-        reason = metric.applies(data)
-        if reason:
-            skipped[name] = reason
-            continue
-        if metric.uses_samples:
-            samples()
-        t0 = time.perf_counter()
-        results[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
-        timings[name] = round(time.perf_counter() - t0, 3)
-    report = {
-        "checkpoint": str(ckpt), "checkpoint_step": trained.step, "dataset": data.name, "ema": cfg.ema,
-        "sampler": cache.get("info", {}).get("sampler"), "steps": cfg.steps if "info" in cache else None,
-        "nfe": cache.get("info", {}).get("nfe"), "num_samples": cfg.num_samples if "info" in cache else 0,
-        "metrics": results, "skipped": skipped, "seconds": timings, "versions": _versions(),
-    }
+        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device)
+        row = {}
+        for name in active:
+            metric = METRICS[name]
+            if not metric.uses_samples:
+                once.setdefault(name, {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed})
+                continue
+            row[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+        info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})
+        rows.append({"sampler": info["sampler"], "steps": steps, "nfe": info["nfe"], "spacing": sampler_cfg.spacing, "metrics": row})
+        last = cache.get("x")
+    report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
+              "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"],
+              "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
+    if len(rows) > 1:
+        report["grid"] = rows
+        _quality_vs_nfe(rows, run_dir)
     write_json(run_dir / "metrics.json", report)
-    if "x" in cache:
-        _side_by_side(data.test, cache["x"], run_dir / "real_vs_generated.png")
-    _print_table(report)
+    if last is not None:
+        _side_by_side(data.test, last, run_dir / "real_vs_generated.png")
+    _print_table(report, rows)
     return report
 
 
-def _print_table(report: dict) -> None:
-    table = Table(title=f"{report['dataset']} @ step {report['checkpoint_step']}"
-                        + (f" — {report['sampler']} {report['steps']} steps, {report['num_samples']} samples" if report["sampler"] else ""))
-    for col in ("metric", "value", "floor (real vs real)", "n", "notes"):
+def _primary(row_metrics: dict) -> str | None:
+    """The sample-quality metric a plot shows: fd_ref for images, swd for 2-D data."""
+    return next((m for m in ("fd_ref", "swd", "logp_true") if m in row_metrics), None)
+
+
+def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = _primary(rows[0]["metrics"])
+    if name is None:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        pts = sorted((r["nfe"], r["metrics"][name]["value"], r["metrics"][name].get("std_over_chunks", 0)) for r in rows if r["sampler"] == sampler)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=sampler)
+    floor = rows[0]["metrics"][name].get("floor")
+    if floor is not None:
+        ax.axhline(floor, color="gray", ls="--", label="real vs real (floor)")
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE (network evaluations per sample)")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} vs NFE")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "quality_vs_nfe.png")
+    plt.close(fig)
+    lines = [f"| sampler | steps | NFE | {name} | floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"][name]
+        err = f" ± {m['std_over_chunks']:.2f}" if "std_over_chunks" in m else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {m['value']:.4g}{err} | {m.get('floor', float('nan')):.4g} |")
+    (run_dir / "quality_vs_nfe.md").write_text("\n".join(lines) + "\n")
+
+
+def _print_table(report: dict, rows: list[dict]) -> None:
+    title = f"{report['dataset']}" + (f" @ step {report['checkpoint_step']}" if "checkpoint_step" in report else " (oracle)")
+    table = Table(title=f"{title} — {report['num_samples']} samples")
+    for col in ("sampler", "steps", "NFE", "metric", "value", "floor (real vs real)", "n", "notes"):
         table.add_column(col)
     for name, r in report["metrics"].items():
-        notes = []
-        if "std_over_chunks" in r:
-            notes.append(f"±{r['std_over_chunks']:.3g} over {r['chunks']} chunks")
-        if "classes_present" in r:
-            notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes; ref acc {r['reference']['test_accuracy']:.3f}")
-        floor = r.get("floor")
-        table.add_row(name, f"{r['value']:.4g}", "" if floor is None else f"{floor:.4g}", str(r["n"]), "; ".join(notes))
+        if name in rows[0]["metrics"]:
+            continue
+        table.add_row("", "", "", name, f"{r['value']:.4g}", "", str(r["n"]), "")
+    for row in rows:
+        for name, r in row["metrics"].items():
+            notes = []
+            if "std_over_chunks" in r:
+                notes.append(f"±{r['std_over_chunks']:.3g} over {r['chunks']} chunks")
+            if "classes_present" in r:
+                notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes; ref acc {r['reference']['test_accuracy']:.3f}")
+            floor = r.get("floor")
+            table.add_row(row["sampler"], str(row["steps"]), str(row["nfe"]), name, f"{r['value']:.4g}", "" if floor is None else f"{floor:.4g}", str(r["n"]), "; ".join(notes))
     for name, reason in report["skipped"].items():
-        table.add_row(name, "skipped", "", "", reason)
+        table.add_row("", "", "", name, "skipped", "", "", reason)
     Console().print(table)

@@ -9,14 +9,14 @@ where SNR crosses 1, and the timesteps ``sampler=... steps=N sampler.spacing=...
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from .config import load_option
 from .core.diffusion import q_sample
 from .core.schedules import betas_from_alpha_bar, sampling_sigmas, sigmas_from_alpha_bar, snr
 from .data import load_dataset
@@ -36,12 +36,10 @@ def schedule_curves(alpha_bar: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def schedule_option(name: str, like: DictConfig) -> DictConfig:
     """The shipped config of schedule option ``name``, with T and zero_terminal_snr of ``like``."""
-    path = resources.files("diffctl.configs") / "schedule" / f"{name}.yaml"
-    if not path.is_file():
-        options = sorted(p.name[:-5] for p in (resources.files("diffctl.configs") / "schedule").iterdir() if p.name.endswith(".yaml"))
-        raise UsageError(f"compare: unknown schedule {name!r}; choose from: {', '.join(options)}")
-    cfg = OmegaConf.create(path.read_text())
-    cfg.pop("defaults", None)
+    try:
+        cfg = load_option("schedule", name)
+    except ValueError as e:
+        raise UsageError(f"compare: {e}") from None
     cfg.timesteps, cfg.zero_terminal_snr = like.timesteps, like.zero_terminal_snr
     return cfg
 

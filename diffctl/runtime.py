@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .core.diffusion import Denoiser
 from .core.schedules import make_alpha_bar
 from .errors import UsageError
 from .io.checkpoint import load_checkpoint
@@ -70,3 +72,46 @@ def load_trained(path: Path, device: torch.device, ema: bool = True) -> Trained:
     except RuntimeError as e:
         raise UsageError(f"{path}: weights do not match the model in its config ({str(e).splitlines()[0]})") from None
     return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]), path=Path(path))
+
+
+@dataclass
+class Source:
+    """What ``sample`` and ``eval`` draw from: a trained checkpoint or a closed-form oracle."""
+
+    denoise: Callable  # D(x, sigma) -> x0_hat
+    alpha_bar: torch.Tensor  # float64 [T]: the noise levels samplers space their steps on
+    data: object  # diffctl.data.Dataset the model was trained on (or whose oracle it is)
+    info: dict  # provenance written into sample.json / metrics.json
+    net: Optional[torch.nn.Module] = None  # the network (None for the oracle)
+    prediction: str = "x0"
+
+    def describe(self) -> str:
+        if "checkpoint" in self.info:
+            return f"{self.info['checkpoint']} (step {self.info['checkpoint_step']}, {'EMA' if self.info['ema'] else 'raw'} weights)"
+        return f"the exact denoiser of dataset={self.info['dataset']} on schedule {self.info['schedule']}"
+
+
+def load_source(cfg: DictConfig, device: torch.device) -> Source:
+    """``model=oracle dataset=...`` -> the exact denoiser; otherwise ``ckpt=`` -> the trained model."""
+    from .config import load_option
+    from .data import load_dataset
+    from .io.rundir import resolve_checkpoint
+
+    if cfg.get("model") is not None:
+        if cfg.model.arch != "oracle":
+            raise UsageError(f"model={cfg.model.arch}: at sample/eval time only model=oracle is chosen here; a checkpoint brings its own model (ckpt=...)")
+        if cfg.get("dataset") is None:
+            raise UsageError("model=oracle needs dataset=gmm or dataset=digits_gmm")
+        data = load_dataset(cfg.dataset)
+        if data.oracle is None:
+            raise UsageError(f"model=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm or dataset=digits_gmm")
+        schedule = cfg.schedule if cfg.get("schedule") is not None else load_option("schedule", "linear")
+        return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name})
+    if cfg.get("dataset") is not None or cfg.get("schedule") is not None:
+        raise UsageError("dataset= and schedule= apply to model=oracle only; a checkpoint brings its own")
+    ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
+    trained = load_trained(ckpt, device, ema=cfg.ema)
+    data = load_dataset(trained.cfg.dataset)
+    prediction = trained.cfg.model.prediction
+    return Source(Denoiser(trained.net, trained.alpha_bar.to(device), prediction), trained.alpha_bar, data,
+                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction)

@@ -10,13 +10,12 @@ from typing import Callable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.diffusion import Denoiser
 from .core.samplers import get_sampler
 from .core.schedules import sampling_sigmas, sigma_to_t
 from .io.images import save_samples
-from .io.rundir import resolve_checkpoint, write_json
+from .io.rundir import write_json
 from .progress import progress_bar
-from .runtime import load_trained, resolve_device
+from .runtime import Source, load_source, resolve_device
 
 log = logging.getLogger("diffctl.sample")
 
@@ -47,11 +46,22 @@ def visited_timesteps(sigmas: torch.Tensor, alpha_bar: torch.Tensor) -> list:
     return [int(round(v)) if abs(v - round(v)) < 1e-6 else round(v, 3) for v in t]
 
 
+class CountingDenoiser:
+    """Wraps D(x, sigma): counts calls (NFE per batch) and optionally clamps x0_hat to [-1, 1]."""
+
+    def __init__(self, denoise: Callable, clip: bool = False):
+        self.denoise, self.clip, self.calls = denoise, clip, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        x0 = self.denoise(x, sigma)
+        return x0.clamp(-1, 1) if self.clip else x0
+
+
 @torch.no_grad()
 def generate(
-    net: torch.nn.Module,
+    denoise: Callable,
     alpha_bar: torch.Tensor,
-    prediction: str,
     sampler_cfg: DictConfig,
     steps: int,
     num_samples: int,
@@ -60,47 +70,53 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     device: torch.device = torch.device("cpu"),
+    bounded: bool = False,
     on_step: Optional[Callable[[], None]] = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Sample ``num_samples`` items of ``shape``; returns (samples float32 [N, ...] on CPU, info).
+    """Sample ``num_samples`` items of ``shape`` with the denoiser D(x, sigma) on a schedule.
 
-    info holds the sampler, steps, visited timesteps and NFE (network evaluations per image).
+    ``bounded``: the data lies in [-1, 1] (pixel data), so ``sampler.clip=null`` clamps x0_hat.
+    Returns (samples float32 [N, ...] on CPU, info with sampler, steps, visited timesteps and NFE
+    per image).  Image i depends only on ``seed + i``, not on the batch size.
     """
     sampler = get_sampler(sampler_cfg.name)
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
-    denoise = Denoiser(net, alpha_bar.to(device), prediction, clip=sampler_cfg.clip)
+    clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
+    counted = CountingDenoiser(denoise, clip)
     callback = (lambda *a: on_step()) if on_step else None
     out = []
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         noise = PerImageNoise(seed, start, count, shape, device)
         x = noise() * sigmas[0]  # x_T = sigma_max z in the scaled variable x = x_t / sqrt(alpha_bar_t)
-        out.append(sampler(denoise, x, sigmas, noise=noise, callback=callback, **sampler_options(sampler_cfg)).float().cpu())
+        out.append(sampler(counted, x, sigmas, noise=noise, callback=callback, **sampler_options(sampler_cfg)).float().cpu())
     batches = (num_samples + batch_size - 1) // batch_size
-    info = {"sampler": sampler_cfg.name, "steps": steps, "spacing": sampler_cfg.spacing, "nfe": denoise.nfe // max(batches, 1), "timesteps": visited_timesteps(sigmas, alpha_bar)}
+    info = {"sampler": sampler_cfg.name, "steps": steps, "spacing": sampler_cfg.spacing, "clip": clip, "nfe": counted.calls // max(batches, 1),
+            "timesteps": visited_timesteps(sigmas, alpha_bar)}
     return torch.cat(out), info
 
 
-def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
-    """``diffctl sample``: load the checkpoint, generate, write grid.png, samples.npz, sample.json."""
-    device = resolve_device(cfg.device)
-    ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
-    trained = load_trained(ckpt, device, ema=cfg.ema)
-    from .data import load_dataset
-
-    data = load_dataset(trained.cfg.dataset)
-    log.info("checkpoint %s (step %d, %s weights)", ckpt, trained.step, "EMA" if cfg.ema else "raw")
+def sample_with_progress(source: Source, cfg: DictConfig, device: torch.device, steps: int, sampler_cfg: DictConfig | None = None):
+    """``generate`` from a sample/eval config, with a progress bar; returns (samples, info, seconds)."""
+    sampler_cfg = sampler_cfg if sampler_cfg is not None else cfg.sampler
     t0 = time.perf_counter()
-    total = cfg.steps * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
-    with progress_bar(f"sampling {cfg.sampler.name}", total) as advance:
-        samples, info = generate(
-            trained.net, trained.alpha_bar, trained.cfg.model.prediction, cfg.sampler, cfg.steps, cfg.num_samples,
-            data.shape, seed=cfg.seed, batch_size=cfg.batch_size, device=device, on_step=advance,
-        )
-    seconds = time.perf_counter() - t0
+    total = steps * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
+    with progress_bar(f"sampling {sampler_cfg.name} x{steps}", total) as advance:
+        samples, info = generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
+                                 seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None, on_step=advance)
+    return samples, info, time.perf_counter() - t0
+
+
+def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
+    """``diffctl sample``: load the checkpoint (or oracle), generate, write grid.png, samples.npz, sample.json."""
+    device = resolve_device(cfg.device)
+    source = load_source(cfg, device)
+    log.info("sampling from %s", source.describe())
+    samples, info, seconds = sample_with_progress(source, cfg, device, cfg.steps)
+    data = source.data
     log.info("visited timesteps: %s", info["timesteps"])
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
-    record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(seconds, 3), "checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema, **files}
+    record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(seconds, 3), **source.info, **files}
     write_json(run_dir / "sample.json", record)
     log.info("%d samples in %.1fs (%s, %d steps, NFE %d)", cfg.num_samples, seconds, cfg.sampler.name, cfg.steps, info["nfe"])
     return record

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .core.diffusion import Denoiser
 from .core.losses import LOSSES, weighted_loss
 from .data import load_dataset
 from .errors import UsageError
@@ -191,10 +192,9 @@ class Trainer:
         """A grid (or scatter plot) of EMA samples at this step, in ``samples/``."""
         tc = self.cfg.trainer
         sampler_cfg = self.cfg.sampler
-        samples, _ = generate(
-            self.ema.model, self.alpha_bar, self.cfg.model.prediction, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)),
-            tc.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device,
-        )
+        denoise = Denoiser(self.ema.model, self.alpha_bar.to(self.device), self.cfg.model.prediction)
+        samples, _ = generate(denoise, self.alpha_bar, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
+                              self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None)
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         path = folder / f"step_{self.step:08d}.png"

@@ -18,11 +18,11 @@ def test_top_level_help_lists_the_commands(diffctl):
 
 def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
-    assert "dataset: digits, gmm, moons, swiss_roll" in out
-    assert "model: mlp, unet_base, unet_small, unet_tiny" in out
+    assert "dataset: digits, digits_gmm, gmm, moons, swiss_roll" in out
+    assert "model: mlp, oracle, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
-    assert "sampler: ddim, ddpm" in out
+    assert "sampler: ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun, unipc" in out
     assert "schema" not in out  # schemas are not user-facing options
 
 
@@ -57,7 +57,7 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     assert report["metrics"]["test_loss"]["value"] > 0
     fd = report["metrics"]["fd_ref"]
     assert fd["value"] > fd["floor"] > 0 and fd["n"] == 300 and fd["reference"]["test_accuracy"] > 0.9
-    assert report["skipped"] == {"swd": "needs 2-D point data"}
+    assert report["skipped"] == {"swd": "needs 2-D point data", "logp_true": "needs a dataset with a known density (gmm, digits_gmm)"}
     assert (ev / "real_vs_generated.png").exists()
 
     insp = diffctl("inspect-schedule", "schedule=cosine")
@@ -107,7 +107,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "schedule=nope"], "available options in 'schedule': cosine, edm, linear, scaled_linear, sigmoid"),
-    (["train", "model=unet_huge"], "available options in 'model': mlp, unet_base, unet_small, unet_tiny"),
+    (["train", "model=unet_huge"], "available options in 'model': mlp, oracle, unet_base, unet_small, unet_tiny"),
     (["train", "trainer.steps=abc"], "trainer.steps=abc"),
     (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
     (["train", "+model.foo=1"], "unknown key model.foo"),
@@ -116,6 +116,12 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["sample", "ckpt=latest"], "no train run with a checkpoint"),
     (["eval", "metrics=[fd_ref,nope]"], "unknown metric(s) ['nope']"),
     (["train", "resume=/no/such/run"], "resume=/no/such/run: no such run folder"),
+    (["sample", "model=unet_small"], "only model=oracle"),
+    (["sample", "model=oracle"], "model=oracle needs dataset=gmm or dataset=digits_gmm"),
+    (["sample", "model=oracle", "dataset=moons"], "dataset=moons has no closed-form denoiser"),
+    (["train", "model=oracle"], "use it with diffctl sample or eval"),
+    (["eval", "model=oracle", "dataset=gmm", "samplers=[heun,nope]"], "samplers: unknown sampler 'nope'"),
+    (["eval", "model=oracle", "dataset=gmm", "steps=[5,0]"], "steps must be a positive integer"),
 ])
 def test_bad_inputs_are_one_line_errors(diffctl, args, message):
     proc = diffctl(*args, check=False)
@@ -162,3 +168,25 @@ def test_schedules_targets_and_losses_train_and_sample(diffctl, overrides):
     info = json.loads((sample / "sample.json").read_text())
     assert info["nfe"] == 4 and len(info["timesteps"]) == 4
     assert np.isfinite(np.load(sample / "samples.npz")["images"]).all()
+
+
+def test_oracle_samples_without_a_checkpoint(diffctl):
+    folder = run_folder(diffctl("sample", "model=oracle", "dataset=gmm", "sampler=heun", "steps=20", "num_samples=100"))
+    info = json.loads((folder / "sample.json").read_text())
+    assert info["nfe"] == 39 and info["model"] == "oracle" and info["sampler"] == "heun"
+    x = np.load(folder / "samples.npz")["x"]
+    radius = np.linalg.norm(x, axis=1)
+    assert x.shape == (100, 2) and np.abs(np.median(radius) - 2.0) < 0.1  # the 8 modes sit on a circle of radius 2
+
+
+@pytest.mark.slow
+def test_eval_quality_vs_nfe_grid_on_the_image_oracle(diffctl):
+    folder = run_folder(diffctl("eval", "model=oracle", "dataset=digits_gmm", "samplers=[ddim,heun]", "steps=[2,8]", "num_samples=300"))
+    report = json.loads((folder / "metrics.json").read_text())
+    grid = {(r["sampler"], r["steps"]): r for r in report["grid"]}
+    assert set(grid) == {("ddim", 2), ("ddim", 8), ("heun", 2), ("heun", 8)}
+    assert grid[("heun", 8)]["nfe"] == 15 and grid[("ddim", 8)]["nfe"] == 8
+    fd = {k: r["metrics"]["fd_ref"]["value"] for k, r in grid.items()}
+    assert fd[("ddim", 8)] < fd[("ddim", 2)] and fd[("heun", 8)] < fd[("heun", 2)]
+    assert "test_loss" in report["skipped"]
+    assert (folder / "quality_vs_nfe.png").exists() and "| heun | 8 | 15 |" in (folder / "quality_vs_nfe.md").read_text()

@@ -14,7 +14,7 @@ from diffctl.models import build_model, count_parameters
 from diffctl.runtime import schedule_alpha_bar
 
 COMMANDS = {"train": ["dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"],
-            "sample": ["sampler", "paths"], "eval": ["sampler", "paths"], "inspect_schedule": ["schedule", "dataset", "sampler", "paths"]}
+            "sample": ["sampler", "model", "dataset", "schedule", "paths"], "eval": ["sampler", "model", "dataset", "schedule", "paths"], "inspect_schedule": ["schedule", "dataset", "sampler", "paths"]}
 
 
 def options(group):
@@ -40,10 +40,10 @@ def test_every_option_composes_and_validates(command, group, option):
 
 
 def test_group_options_are_the_documented_names():
-    assert options("dataset") == ["digits", "gmm", "moons", "swiss_roll"]
-    assert options("model") == ["mlp", "unet_base", "unet_small", "unet_tiny"]
+    assert options("dataset") == ["digits", "digits_gmm", "gmm", "moons", "swiss_roll"]
+    assert options("model") == ["mlp", "oracle", "unet_base", "unet_small", "unet_tiny"]
     assert options("schedule") == ["cosine", "edm", "linear", "scaled_linear", "sigmoid"]
-    assert set(options("sampler")) >= {"ddpm", "ddim"}
+    assert options("sampler") == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
     assert options("loss") == ["edm", "min_snr", "simple"]
 
 

@@ -66,14 +66,12 @@ class Denoiser:
 
     ``x`` is the scaled variable x_0 + sigma eps; the network sees x_t = x / sqrt(1 + sigma^2)
     (since alpha_bar = 1 / (1 + sigma^2)) and the continuous timestep for sigma.
-    ``clip`` clamps x0_hat to the data range [-1, 1] (the "clipped" sampling of DDPM).
     """
 
-    def __init__(self, net: Callable, alpha_bar: torch.Tensor, prediction: str = "eps", clip: bool = False):
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor, prediction: str = "eps"):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
-        self.net, self.alpha_bar, self.prediction, self.clip = net, alpha_bar.double(), prediction, clip
-        self.nfe = 0  # network evaluations, counted per batch call
+        self.net, self.alpha_bar, self.prediction = net, alpha_bar.double(), prediction
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
@@ -81,6 +79,5 @@ class Denoiser:
         t = sigma_to_t(sigma, self.alpha_bar.to(sigma.device))
         x_t = x * _bcast(alpha_bar_t.sqrt(), x)
         out = self.net(x_t.float(), t.float()).to(x.dtype)
-        self.nfe += 1
         x0, _ = output_to_x0_eps(self.prediction, out, x_t, alpha_bar_t)
-        return x0.clamp(-1, 1) if self.clip else x0
+        return x0

@@ -93,6 +93,167 @@ def sample_ddpm(denoise, x, sigmas, *, noise: Optional[Callable] = None, callbac
     return x
 
 
+@register("euler")
+@torch.no_grad()
+def sample_euler(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3)."""
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        d = (x - x0) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+    return x
+
+
+@register("euler_ancestral")
+@torch.no_grad()
+def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, noise: Optional[Callable] = None, callback=None):
+    """Euler step down to sigma_down, then fresh noise up to sigma_next (k-diffusion's ancestral sampler)."""
+    noise = noise or _default_noise(x)
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = x + (x - x0) / sigmas[i] * (sigma_down - sigmas[i])
+        if sigma_up > 0:
+            x = x + sigma_up * noise(i)
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+    return x
+
+
+@register("heun")
+@torch.no_grad()
+def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
+                S_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2); deterministic Heun when S_churn = 0.
+
+    NFE = 2 * steps - 1: the last step (to sigma = 0) is a plain Euler step (Alg. 2, line 8).
+    """
+    noise = noise or _default_noise(x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        sigma = sigmas[i]
+        gamma = min(S_churn / n, 2**0.5 - 1) if S_tmin <= sigma <= S_tmax else 0.0  # Alg. 2, line 4
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + S_noise * (sigma_hat**2 - sigma**2).sqrt() * noise(i)  # line 6
+        x0 = denoise(x, sigma_hat)
+        d = (x - x0) / sigma_hat  # line 7
+        x_next = x + (sigmas[i + 1] - sigma_hat) * d  # line 8
+        if sigmas[i + 1] > 0:
+            d_next = (x_next - denoise(x_next, sigmas[i + 1])) / sigmas[i + 1]  # line 10
+            x_next = x + (sigmas[i + 1] - sigma_hat) * (d + d_next) / 2  # line 11
+        x = x_next
+        if callback is not None:
+            callback(i, sigma, x, x0)
+    return x
+
+
+@register("dpmpp_2m")
+@torch.no_grad()
+def sample_dpmpp_2m(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) in lambda = -log sigma; first order at the ends."""
+    old_x0, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = x0  # the last step lands on the data prediction
+        else:
+            h = sigmas[i].log() - sigmas[i + 1].log()  # lambda_next - lambda
+            d = x0 if old_x0 is None else x0 + (x0 - old_x0) / (2 * (h_last / h))  # Alg. 2: D = (1 + 1/2r) x0 - 1/2r x0_prev
+            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * d  # x = (s'/s) x - (e^-h - 1) D
+            h_last = h
+        old_x0 = x0
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+    return x
+
+
+@register("dpmpp_2m_sde")
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b; k-diffusion's midpoint variant), noise scaled by ``eta``."""
+    noise = noise or _default_noise(x)
+    old_x0, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = x0
+        else:
+            h = sigmas[i].log() - sigmas[i + 1].log()
+            eta_h = eta * h
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x - torch.expm1(-h - eta_h) * x0
+            if old_x0 is not None:
+                x = x - 0.5 * torch.expm1(-h - eta_h) * (h / h_last) * (x0 - old_x0)
+            if eta:
+                x = x + noise(i) * sigmas[i + 1] * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise
+            h_last = h
+        old_x0 = x0
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+    return x
+
+
+def _unipc_step(x, x0s, lambdas, sigma, sigma_next, lambda_next, order, x0_new=None):
+    """One UniP-p predictor step, or with ``x0_new`` the UniC-p corrector (Zhao et al. 2023, Alg. 1-2, B(h) = e^h - 1).
+
+    ``x0s`` / ``lambdas``: data predictions and their lambda = -log sigma, newest last.
+    """
+    m0, l0 = x0s[-1], lambdas[-1]
+    h = lambda_next - l0
+    hh = -h  # data-prediction form
+    h_phi_1 = torch.expm1(hh)
+    B_h = h_phi_1  # "bh2"
+    x_first = (sigma_next / sigma) * x - h_phi_1 * m0  # first-order (DDIM / DPM-Solver++ 1) step
+    rks = [(lambdas[-1 - k] - l0) / h for k in range(1, order)]
+    D1s = [(x0s[-1 - k] - m0) / rk for k, rk in enumerate(rks, start=1)]
+    rks = torch.stack([*rks, torch.ones_like(h)])
+    R, b, h_phi_k, fact = [], [], h_phi_1 / hh - 1, 1
+    for i in range(1, order + 1):  # the order conditions, UniPC eq. (9)
+        R.append(rks ** (i - 1))
+        b.append(h_phi_k * fact / B_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    R, b = torch.stack(R), torch.stack(b)
+    if x0_new is None:
+        if order == 1:
+            return x_first
+        rhos = [torch.tensor(0.5, dtype=b.dtype)] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+        return x_first - B_h * sum(r * d for r, d in zip(rhos, D1s))
+    rhos = torch.tensor([0.5], dtype=b.dtype) if order == 1 else torch.linalg.solve(R, b)
+    return x_first - B_h * (sum(r * d for r, d in zip(rhos[:-1], D1s)) + rhos[-1] * (x0_new - m0))
+
+
+@register("unipc")
+@torch.no_grad()
+def sample_unipc(denoise, x, sigmas, *, order: int = 2, noise: Optional[Callable] = None, callback=None):
+    """UniPC (Zhao et al. 2023), bh2, multistep UniP-``order`` predictor + UniC corrector.
+
+    The corrector reuses the model evaluation of the next step, so NFE = steps; lower orders
+    warm up the history and the final step is first order.
+    """
+    n = len(sigmas) - 1
+    lambdas_all = -sigmas.log()
+    x0s, lambdas, x_prev, last_order = [], [], None, 1
+    for i in range(n):
+        x0 = denoise(x, sigmas[i])
+        if x_prev is not None:  # UniC: correct x with the fresh x0 before stepping on
+            x = _unipc_step(x_prev, x0s, lambdas, sigmas[i - 1], sigmas[i], lambdas_all[i], last_order, x0_new=x0)
+        x0s, lambdas = (x0s + [x0])[-order:], (lambdas + [lambdas_all[i]])[-order:]
+        last_order = min(order, len(x0s), n - i)
+        x_prev = x
+        x = _unipc_step(x, x0s, lambdas, sigmas[i], sigmas[i + 1], lambdas_all[i + 1], last_order)
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+    return x
+
+
+def nfe_per_step(name: str, steps: int) -> int:
+    """Network evaluations a sampler makes for ``steps`` steps (Heun: 2 per step but the last)."""
+    return 2 * steps - 1 if name == "heun" else steps
+
+
 def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")

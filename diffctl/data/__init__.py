@@ -8,7 +8,7 @@ continuous 2-D data; likelihoods in bits/dim depend on it) and its class labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -24,6 +24,7 @@ class Dataset:
     test_labels: Optional[torch.Tensor] = None
     levels: Optional[int] = None  # quantisation levels of the pixels; None for continuous data
     num_classes: int = 0
+    oracle: Optional[Callable] = None  # the exact denoiser D(x, sigma), where the distribution is known
 
     @property
     def shape(self) -> tuple:
@@ -34,7 +35,7 @@ class Dataset:
         return self.train.ndim == 4
 
 
-LOADERS = {"digits": digits.load, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS}}
+LOADERS = {"digits": digits.load, "digits_gmm": digits.load_gmm, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS}}
 
 
 def load_dataset(cfg) -> Dataset:

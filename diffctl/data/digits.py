@@ -25,3 +25,19 @@ def load(cfg) -> dict:
 def to_levels(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> integer pixel levels 0..16."""
     return ((x.clamp(-1, 1) + 1) / 2 * (LEVELS - 1)).round()
+
+
+def load_gmm(cfg) -> dict:
+    """``digits_gmm``: an image-shaped Gaussian mixture with a closed-form optimal denoiser.
+
+    One component per class, centred on that class's mean digit (train split), shared isotropic
+    std ``dataset.std``; items are drawn from the mixture, so the data distribution is known.
+    """
+    from ..models.oracle import GMMDenoiser
+
+    real = load(cfg)
+    means = torch.stack([real["train"][real["train_labels"] == c].mean(0) for c in range(10)])  # [10, 1, 8, 8]
+    oracle = GMMDenoiser(means, cfg.std)
+    train, train_y = oracle.sample(cfg.num_train, torch.Generator().manual_seed(cfg.seed))
+    test, test_y = oracle.sample(cfg.num_test, torch.Generator().manual_seed(cfg.seed + 1))
+    return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=10, oracle=oracle)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..models.oracle import GMMDenoiser
+
 DISTRIBUTIONS = ("swiss_roll", "moons", "gmm")
 
 
@@ -19,6 +21,11 @@ def gmm_params(components: int = 8, radius: float = 2.0, std: float = 0.15):
     angle = torch.arange(components, dtype=torch.float64) * 2 * math.pi / components
     means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
     return means, std
+
+
+def oracle() -> GMMDenoiser:
+    """The exact denoiser (and density) of the 2-D Gaussian mixture."""
+    return GMMDenoiser(*gmm_params())
 
 
 def _points(name: str, n: int, seed: int):
@@ -33,11 +40,7 @@ def _points(name: str, n: int, seed: int):
         pts, y = make_moons(n, noise=0.05, random_state=seed)
         pts = (pts - np.array([0.5, 0.25])) * 1.5
         return torch.tensor(pts, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
-    means, std = gmm_params()
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, len(means), (n,), generator=g)
-    pts = means[labels] + std * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return pts.float(), labels
+    return oracle().sample(n, torch.Generator().manual_seed(seed))
 
 
 def loader(name: str):
@@ -45,6 +48,7 @@ def loader(name: str):
         train, train_y = _points(name, cfg.num_train, cfg.seed)
         test, test_y = _points(name, cfg.num_test, cfg.seed + 1)
         classes = {"moons": 2, "gmm": len(gmm_params()[0])}.get(name, 0)
-        return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=classes)
+        return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=classes,
+                    oracle=oracle() if name == "gmm" else None)
 
     return load

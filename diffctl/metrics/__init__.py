@@ -21,7 +21,7 @@ from .reference import reference_classifier
 
 @dataclass
 class EvalContext:
-    net: torch.nn.Module
+    net: Optional[torch.nn.Module]  # None for the oracle
     alpha_bar: torch.Tensor  # float64 [T]
     prediction: str
     data: object  # diffctl.data.Dataset
@@ -35,20 +35,27 @@ class EvalContext:
 @dataclass
 class Metric:
     fn: Callable[[EvalContext], dict]
-    applies: Callable[[object], Optional[str]]
+    applies: Callable[[object], Optional[str]]  # data -> None, or why it does not apply
     version: int = 1
-    uses_samples: bool = True
+    uses_samples: bool = True  # False: computed once per checkpoint, not per sampler setting
+    needs_net: bool = False
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True):
+def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True, needs_net: bool = False):
     def deco(fn):
-        METRICS[name] = Metric(fn, applies, version, uses_samples)
+        METRICS[name] = Metric(fn, applies, version, uses_samples, needs_net)
         return fn
 
     return deco
+
+
+def skip_reason(metric: Metric, data, has_net: bool) -> Optional[str]:
+    if metric.needs_net and not has_net:
+        return "needs a trained network (the oracle has none)"
+    return metric.applies(data)
 
 
 def _always(data) -> None:
@@ -67,7 +74,7 @@ def _points(data) -> Optional[str]:
     return None if not data.is_image else "needs 2-D point data"
 
 
-@register("test_loss", _always, version=2, uses_samples=False)
+@register("test_loss", _always, version=2, uses_samples=False, needs_net=True)
 @torch.no_grad()
 def test_loss(ctx: EvalContext, per_item: int = 10) -> dict:
     """Denoising error on the test split at ``per_item`` stratified timesteps per item (fixed seed).
@@ -132,3 +139,22 @@ def swd(ctx: EvalContext) -> dict:
     n = min(len(samples), len(test))
     floor = sliced_wasserstein(ctx.data.train[:n], test[:n], seed=ctx.seed)
     return {"value": sliced_wasserstein(samples[:n], test[:n], seed=ctx.seed), "n": n, "floor": floor}
+
+
+def _known_density(data) -> Optional[str]:
+    return None if data.oracle is not None and hasattr(data.oracle, "log_density") else "needs a dataset with a known density (gmm, digits_gmm)"
+
+
+@register("logp_true", _known_density)
+@torch.no_grad()
+def logp_true(ctx: EvalContext) -> dict:
+    """Mean log-density of the samples under the true data distribution (nats per item).
+
+    Higher is better; ``floor`` is the same quantity for the held-out test split (what perfect
+    samples score, up to sampling noise).  Samples piling on the modes can exceed it: read it
+    with a distance such as swd or fd_ref.
+    """
+    samples = ctx.samples()
+    n = min(len(samples), len(ctx.data.test))
+    lp = ctx.data.oracle.log_density(samples)
+    return {"value": lp.mean().item(), "floor": ctx.data.oracle.log_density(ctx.data.test[:n]).mean().item(), "n": len(samples)}

@@ -7,7 +7,7 @@ from torch import nn
 from .mlp import MLP
 from .unet import UNet
 
-ARCHS = ("unet", "mlp")
+ARCHS = ("unet", "mlp", "oracle")
 
 
 def build_model(model_cfg, data_shape) -> nn.Module:
@@ -31,6 +31,8 @@ def build_model(model_cfg, data_shape) -> nn.Module:
         if len(data_shape) != 1:
             raise ValueError(f"model arch 'mlp' needs vector data [D]; this dataset is {list(data_shape)}: use a unet model")
         return MLP(dim=data_shape[0], hidden=model_cfg.hidden, depth=model_cfg.depth, dropout=model_cfg.dropout)
+    if arch == "oracle":
+        raise ValueError("model=oracle is the exact denoiser of dataset=gmm or digits_gmm: use it with diffctl sample or eval (no training needed)")
     raise ValueError(f"unknown model arch {arch!r}; choose from {list(ARCHS)}")
 
 
