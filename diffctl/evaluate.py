@@ -149,22 +149,23 @@ def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
 
 def _print_table(report: dict, rows: list[dict]) -> None:
     title = f"{report['dataset']}" + (f" @ step {report['checkpoint_step']}" if "checkpoint_step" in report else " (oracle)")
-    table = Table(title=f"{title} — {report['num_samples']} samples")
-    for col in ("sampler", "steps", "NFE", "metric", "value", "floor (real vs real)", "n", "notes"):
+    table = Table(title=f"{title}, {report['num_samples']} samples")
+    for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):
         table.add_column(col)
     for name, r in report["metrics"].items():
-        if name in rows[0]["metrics"]:
-            continue
-        table.add_row("", "", "", name, f"{r['value']:.4g}", "", str(r["n"]), "")
+        if name not in rows[0]["metrics"]:
+            table.add_row("", name, f"{r['value']:.4g}", "", str(r["n"]), "")
     for row in rows:
         for name, r in row["metrics"].items():
             notes = []
             if "std_over_chunks" in r:
-                notes.append(f"±{r['std_over_chunks']:.3g} over {r['chunks']} chunks")
+                notes.append(f"±{r['std_over_chunks']:.2g} ({r['chunks']} chunks)")
             if "classes_present" in r:
-                notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes; ref acc {r['reference']['test_accuracy']:.3f}")
+                notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes, ref acc {r['reference']['test_accuracy']:.3f}")
             floor = r.get("floor")
-            table.add_row(row["sampler"], str(row["steps"]), str(row["nfe"]), name, f"{r['value']:.4g}", "" if floor is None else f"{floor:.4g}", str(r["n"]), "; ".join(notes))
+            table.add_row(f"{row['sampler']} x{row['steps']} ({row['nfe']})", name, f"{r['value']:.4g}",
+                          "" if floor is None else f"{floor:.4g}", str(r["n"]), "; ".join(notes))
+    console = Console()
+    console.print(table)
     for name, reason in report["skipped"].items():
-        table.add_row("", "", "", name, "skipped", "", "", reason)
-    Console().print(table)
+        console.print(f"skipped {name}: {reason}")

@@ -81,6 +81,10 @@ def generate(
     """
     sampler = get_sampler(sampler_cfg.name)
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
+    if sampler_cfg.name == "heun" and len(sigmas) > 2 and sigmas[1] > 0 and sigmas[0] / sigmas[1] > 50:
+        log.warning("heun's first step goes from sigma %.3g to %.3g: its trapezoidal correction over so long a step amplifies "
+                    "any error (see docs/samplers.md); prefer sampler.spacing=karras with a schedule of moderate sigma_max, "
+                    "or dpmpp_2m / unipc", sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
     counted = CountingDenoiser(denoise, clip)
     callback = (lambda *a: on_step()) if on_step else None

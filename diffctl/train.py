@@ -212,7 +212,7 @@ class Trainer:
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train))
-        t0, window, loss = time.perf_counter(), [], float("nan")
+        t0, window, logged_loss = time.perf_counter(), [], float("nan")
         window_t0 = t0
         start_step = self.step
         with progress_bar("train", tc.steps, start=self.step) as advance:
@@ -221,19 +221,20 @@ class Trainer:
                 window.append(loss)
                 advance(loss=loss)
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    now = time.perf_counter()
-                    self.metrics.write(step=self.step, loss=sum(window) / len(window), lr=self.sched.get_last_lr()[0],
+                    now, logged_loss = time.perf_counter(), sum(window) / len(window)
+                    self.metrics.write(step=self.step, loss=logged_loss, lr=self.sched.get_last_lr()[0],
                                        grad_norm=grad_norm, img_per_s=round(len(window) * tc.batch_size / max(now - window_t0, 1e-9), 1))
                     window, window_t0 = [], now
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.sample_grid()
                 if self.step % tc.ckpt_every == 0 and self.step < tc.steps:
-                    log.info("step %d: loss %.4f, checkpoint %s", self.step, loss, self.save().name)
+                    log.info("step %d: loss %.4f (mean of the last %d steps), checkpoint %s", self.step, logged_loss, tc.log_every, self.save().name)
         seconds = time.perf_counter() - t0
         path = self.save()
         grid = self.sample_grid()
-        log.info("done: %d steps in %.1fs, final loss %.4f; checkpoint %s; samples %s", self.step - start_step, seconds, loss, path, grid)
-        return {"steps": self.step, "seconds": seconds, "final_loss": loss, "checkpoint": str(path), "grid": str(grid)}
+        log.info("done: %d steps in %.1fs, final loss %.4f (mean of the last logged steps); checkpoint %s; samples %s",
+                 self.step - start_step, seconds, logged_loss, path, grid)
+        return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "checkpoint": str(path), "grid": str(grid)}
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
