@@ -108,8 +108,16 @@ def _user_errors() -> tuple:
     return (UsageError, HydraException, OmegaConfBaseException, ValueError)
 
 
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
 def _resume_run_dir(args: list[str]) -> list[str]:
-    """``resume=<run folder|checkpoint>`` continues in that run folder: add ``hydra.run.dir``."""
+    """``resume=<run folder|checkpoint>`` continues that run: in its folder, with its overrides.
+
+    The run's own command-line overrides (``.hydra/overrides.yaml``) come first, so the same config
+    is composed; any given now win (e.g. a larger ``trainer.steps``).
+    """
     values = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if not values or values[-1] in ("auto", "never") or any(a.startswith("hydra.run.dir=") for a in args):
         return args
@@ -120,7 +128,14 @@ def _resume_run_dir(args: list[str]) -> list[str]:
         from .errors import UsageError
 
         raise UsageError(f"resume={values[-1]}: no such run folder or checkpoint")
-    return [*args, f"hydra.run.dir={path}"]
+    saved_file = path / ".hydra" / "overrides.yaml"
+    given = {_override_key(a) for a in args}
+    saved = []
+    if saved_file.exists():
+        from omegaconf import OmegaConf
+
+        saved = [o for o in OmegaConf.load(saved_file) if _override_key(o) not in given and not _override_key(o).startswith(("hydra.", "resume"))]
+    return [*saved, *args, f"hydra.run.dir={path}"]
 
 
 def run_command(command: str, args: list[str]) -> int:
@@ -129,7 +144,8 @@ def run_command(command: str, args: list[str]) -> int:
     A user's HYDRA_FULL_ERROR=1 still shows full tracebacks; otherwise we set it so that
     composition errors reach us here instead of Hydra's multi-line report.
     """
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    saved_env = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "DIFFCTL_FULL_ERROR")}
+    if saved_env["HYDRA_FULL_ERROR"] == "1":
         os.environ["DIFFCTL_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     saved = sys.argv
@@ -149,6 +165,8 @@ def run_command(command: str, args: list[str]) -> int:
         return 130
     finally:
         sys.argv = saved
+        for k, v in saved_env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,

@@ -203,7 +203,7 @@ class TrainerConfig:
     keep_last: int = 3  # checkpoints kept in checkpoints/
     log_every: int = 50  # metrics.jsonl cadence
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
-    sample_steps: int = 50  # DDIM steps for those grids
+    sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
 
 

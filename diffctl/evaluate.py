@@ -40,16 +40,16 @@ def _versions() -> dict:
 def _side_by_side(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
     """real | generated: two grids of 64 in one PNG (images), or overlaid scatter plots (2-D)."""
     if real.ndim == 4:
-        n = min(64, len(real), len(fake))
-        gap = torch.zeros(8, *real.shape[1:])
-        rows = [torch.cat([real[r * 8:(r + 1) * 8], gap[:1], fake[r * 8:(r + 1) * 8]]) for r in range(n // 8)]
-        save_grid(torch.cat(rows), path, nrow=17)
+        k = min(8, len(real), len(fake))  # images per row on each side
+        rows = [torch.cat([real[r * k:(r + 1) * k], torch.zeros(1, *real.shape[1:]), fake[r * k:(r + 1) * k]])
+                for r in range(min(8, len(real) // k, len(fake) // k))]
+        save_grid(torch.cat(rows), path, nrow=2 * k + 1)
     else:
         save_scatter(fake, path, reference=real, title="test split (grey) vs generated (blue)")
 
 
 def _grid(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
-    """(sampler config, steps) pairs: ``samplers`` x ``steps``; spacing and rho of ``sampler`` apply to all."""
+    """(sampler config, steps) pairs: ``samplers`` x ``steps``; spacing, rho and clip of ``sampler`` apply to all."""
     steps = list(cfg.steps) if OmegaConf.is_list(cfg.steps) else [cfg.steps]
     if not steps or not all(isinstance(s, int) and s >= 1 for s in steps):
         raise UsageError(f"steps must be a positive integer or a list of them, got {OmegaConf.to_container(cfg.steps) if OmegaConf.is_list(cfg.steps) else cfg.steps}")
@@ -59,7 +59,7 @@ def _grid(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
             sc = cfg.sampler if name == cfg.sampler.name else load_option("sampler", name)
         except ValueError as e:
             raise UsageError(f"samplers: {e}") from None
-        sc.spacing, sc.rho = cfg.sampler.spacing, cfg.sampler.rho
+        sc.spacing, sc.rho, sc.clip = cfg.sampler.spacing, cfg.sampler.rho, cfg.sampler.clip
         configs.append(sc)
     return [(sc, n) for sc in configs for n in steps]
 
@@ -90,7 +90,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         for name in active:
             metric = METRICS[name]
             if not metric.uses_samples:
-                once.setdefault(name, {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed})
+                if name not in once:
+                    once[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
                 continue
             row[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
         info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})

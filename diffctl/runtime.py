@@ -27,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device supports it (CPU autocast does), else fp32."""
+    """``auto`` -> bf16 where the device supports it (CPU autocast does), else fp16 on CUDA (with a GradScaler)."""
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -57,7 +57,6 @@ class Trained:
     cfg: DictConfig  # the training run's resolved config
     alpha_bar: torch.Tensor  # float64 [T]
     step: int
-    path: Path
 
 
 def load_trained(path: Path, device: torch.device, ema: bool = True) -> Trained:
@@ -71,7 +70,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True) -> Trained:
         net.load_state_dict(state[key])
     except RuntimeError as e:
         raise UsageError(f"{path}: weights do not match the model in its config ({str(e).splitlines()[0]})") from None
-    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]), path=Path(path))
+    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]))
 
 
 @dataclass

@@ -74,6 +74,25 @@ def _loss_functions(loss_cfg: DictConfig):
     return tuple(bind(fn) for fn in LOSSES[loss_cfg.name])
 
 
+RUN_DEFINING = ("dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change
+
+
+def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
+    """Resuming continues a run: its data, model, schedule, loss and optimiser must be the same."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    old = dict(flat({k: saved.get(k, {}) for k in RUN_DEFINING}))
+    new = dict(flat({k: current[k] for k in RUN_DEFINING}))
+    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        raise UsageError(f"cannot resume from {path}: it was trained with {', '.join(diffs[:3])}; use the run's own overrides "
+                         f"(resume=<run folder> reuses them) or start a new run")
+
+
 def _rng_state(gen: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
     if torch.cuda.is_available():
@@ -95,7 +114,7 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     if cfg.resume == "auto":
         found = list_checkpoints(run_dir / CKPT_DIR)
         return found[-1] if found else None
-    path = Path(cfg.resume)
+    path = Path(cfg.resume).expanduser()
     found = [path] if path.is_file() else list_checkpoints(path / CKPT_DIR)
     if not found:
         raise UsageError(f"resume={cfg.resume}: no checkpoint there (give auto, never, a run folder or a checkpoint file)")
@@ -152,7 +171,8 @@ class Trainer:
         return path
 
     def load(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path)  # on CPU: RNG states must stay there; load_state_dict moves weights
+        _check_same_run(state["config"], self.cfg, path)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
@@ -209,6 +229,7 @@ class Trainer:
         resume = _resume_path(self.cfg, self.run_dir)
         if resume is not None:
             self.load(resume)
+            self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train))
@@ -220,14 +241,14 @@ class Trainer:
                 loss, grad_norm = self.train_step()
                 window.append(loss)
                 advance(loss=loss)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
                     now, logged_loss = time.perf_counter(), sum(window) / len(window)
                     self.metrics.write(step=self.step, loss=logged_loss, lr=self.sched.get_last_lr()[0],
                                        grad_norm=grad_norm, img_per_s=round(len(window) * tc.batch_size / max(now - window_t0, 1e-9), 1))
                     window, window_t0 = [], now
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.sample_grid()
-                if self.step % tc.ckpt_every == 0 and self.step < tc.steps:
+                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
                     log.info("step %d: loss %.4f (mean of the last %d steps), checkpoint %s", self.step, logged_loss, tc.log_every, self.save().name)
         seconds = time.perf_counter() - t0
         path = self.save()

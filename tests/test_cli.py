@@ -95,14 +95,24 @@ def test_multirun_sweep_writes_one_folder_per_job(diffctl):
 def test_resume_continues_from_the_newest_checkpoint(diffctl):
     first = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0"))
     state4 = torch.load(first / "checkpoints" / "step_00000004.pt", weights_only=True)
-    proc = diffctl("train", f"resume={first}", *TINY_TRAIN, "trainer.steps=6", "trainer.sample_every=0")
+    # the run's own overrides (model=unet_tiny, batch 8, ...) are reused: only the new step count is given
+    proc = diffctl("train", f"resume={first}", "trainer.steps=6")
     assert run_folder(proc) == first and "resumed from" in proc.stdout + proc.stderr
     steps = [json.loads(l)["step"] for l in (first / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     state6 = torch.load(first / "checkpoints" / "step_00000006.pt", weights_only=True)
-    assert state6["step"] == 6 and state6["ema_updates"] == 6
+    assert state6["step"] == 6 and state6["ema_updates"] == 6 and state6["config"]["model"]["channels"] == 16
     assert state6["optimizer"]["state"][0]["step"].item() == 6  # optimizer state carried over
     assert not torch.equal(state4["model"]["stem.weight"], state6["model"]["stem.weight"])
+
+    # from an older checkpoint file: the log is rewound instead of repeating steps 5 and 6
+    diffctl("train", f"resume={first / 'checkpoints' / 'step_00000004.pt'}", "trainer.steps=6")
+    steps = [json.loads(l)["step"] for l in (first / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+    # changing what defines the run is refused with the differences named
+    bad = diffctl("train", f"resume={first}", "model=unet_small", check=False)
+    assert bad.returncode == 2 and "model.channels=16 (now 32)" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("args,message", [
@@ -168,6 +178,12 @@ def test_schedules_targets_and_losses_train_and_sample(diffctl, overrides):
     info = json.loads((sample / "sample.json").read_text())
     assert info["nfe"] == 4 and len(info["timesteps"]) == 4
     assert np.isfinite(np.load(sample / "samples.npz")["images"]).all()
+
+
+def test_eval_with_fewer_than_eight_samples_writes_the_comparison(diffctl):
+    folder = run_folder(diffctl("eval", "model=oracle", "dataset=digits_gmm", "metrics=[logp_true]", "num_samples=5", "steps=3"))
+    assert (folder / "real_vs_generated.png").exists()
+    assert json.loads((folder / "metrics.json").read_text())["metrics"]["logp_true"]["n"] == 5
 
 
 def test_oracle_samples_without_a_checkpoint(diffctl):

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffctl.config import load_option
-from diffctl.core.samplers import SAMPLERS, nfe_per_step
+from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar, sigmas_karras
 from diffctl.data.toy2d import oracle as gmm_oracle
 from diffctl.metrics.distances import sliced_wasserstein
@@ -16,6 +16,11 @@ from diffctl.models.oracle import GMMDenoiser
 from diffctl.sample import generate
 
 ALL = sorted(SAMPLERS)
+
+
+def nfe_per_step(name: str, steps: int) -> int:
+    """What each sampler should cost: Heun 2 evaluations per step but the last, the others one."""
+    return 2 * steps - 1 if name == "heun" else steps
 
 
 def test_oracle_is_the_posterior_mean():
@@ -59,17 +64,45 @@ def test_ode_samplers_have_their_order(name, low, high, ode_reference):
 
 
 def test_ddim_eta0_is_the_euler_step_of_the_pf_ode():
+    """Against a plain Euler loop on dx/dsigma = (x - D(x, sigma)) / sigma, written out here."""
     z = torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    assert torch.allclose(_solve("ddim", 12, z), _solve("euler", 12, z), atol=1e-12)
+    sigmas, den = sigmas_karras(0.002, 80.0, 12), gmm_oracle()
+    x = z * 80.0
+    for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (x - den(x, s0)) / s0 * (s1 - s0)
+    assert torch.allclose(_solve("ddim", 12, z), x, atol=1e-10)
 
 
 @pytest.mark.parametrize("eta", [0.3, 1.0])
-def test_euler_ancestral_equals_ddim_with_the_same_eta(eta):
+def test_euler_ancestral_matches_k_diffusion_update(eta):
+    """Euler to sigma_down = sqrt(s'^2 - up^2), then noise * up, up = eta s' sqrt(s^2 - s'^2) / s."""
     z = torch.randn(50, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     noise = lambda i: torch.full_like(z, math.sin(i))
-    a = _solve("euler_ancestral", 10, z, eta=eta, noise=noise)
-    b = _solve("ddim", 10, z, eta=eta, noise=noise)
-    assert torch.allclose(a, b, atol=1e-10)
+    sigmas, den = sigmas_karras(0.002, 80.0, 10), gmm_oracle()
+    x = z * 80.0
+    for i, (s0, s1) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        up = min(s1, eta * s1 * (s0**2 - s1**2).sqrt() / s0) if s1 > 0 else s1 * 0
+        down = (s1**2 - up**2).sqrt()
+        x = x + (x - den(x, s0)) / s0 * (down - s0) + (noise(i) * up if s1 > 0 else 0)
+    assert torch.allclose(_solve("euler_ancestral", 10, z, eta=eta, noise=noise), x, atol=1e-9)
+
+
+def test_dpmpp_2m_matches_algorithm_2():
+    """DPM-Solver++(2M), Lu et al. 2022b Algorithm 2, written out with lambda = -log sigma."""
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    sigmas, den = sigmas_karras(0.002, 80.0, 8), gmm_oracle()
+    x, prev, h_prev = z * 80.0, None, None
+    for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
+        x0 = den(x, s0)
+        if s1 == 0:
+            x = x0
+        else:
+            h = torch.log(s0 / s1)
+            d = x0 if prev is None else (1 + h / (2 * h_prev)) * x0 - h / (2 * h_prev) * prev
+            x = s1 / s0 * x - torch.expm1(-h) * d
+            h_prev = h
+        prev = x0
+    assert torch.allclose(_solve("dpmpp_2m", 8, z), x, atol=1e-9)
 
 
 @pytest.mark.parametrize("name,kw", [(n, {}) for n in ALL] + [("heun", {"S_churn": 10.0}), ("unipc", {"order": 3})])

@@ -126,3 +126,8 @@ def test_discrete_spacings_visit_exactly_the_requested_timesteps(spacing):
         assert torch.allclose(visited, S.sampling_timesteps(spacing, 1000, steps).double(), atol=1e-6)
     trailing = S.sigma_to_t(S.sampling_sigmas("trailing", ab, 10)[:-1], ab)
     assert trailing[0].item() == pytest.approx(999)  # the first step is at the last timestep
+
+
+def test_zero_terminal_snr_with_the_smallest_schedule():
+    ab = S.make_alpha_bar("linear", 2, zero_terminal_snr=True)
+    assert ab.shape == (2,) and 0 < ab[-1] < ab[0]

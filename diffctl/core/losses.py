@@ -21,9 +21,9 @@ from .diffusion import q_sample, training_target
 from .schedules import sigma_to_t, sigmas_from_alpha_bar
 
 
-def sample_timesteps(n: int, timesteps: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+def sample_timesteps(n: int, timesteps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Uniform training timesteps t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3), ``[n]``."""
-    return torch.randint(0, timesteps, (n,), generator=generator, device=device)
+    return torch.randint(0, timesteps, (n,), generator=generator)
 
 
 def x0_error_scale(prediction: str, sigma: torch.Tensor) -> torch.Tensor:

@@ -94,32 +94,21 @@ def sample_ddpm(denoise, x, sigmas, *, noise: Optional[Callable] = None, callbac
 
 
 @register("euler")
-@torch.no_grad()
 def sample_euler(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
-    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3)."""
-    for i in range(len(sigmas) - 1):
-        x0 = denoise(x, sigmas[i])
-        d = (x - x0) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i])
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-    return x
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3).
+
+    In sigma space that is exactly DDIM with eta = 0 (Karras et al. 2022, Sec. 4), so it is one.
+    """
+    return sample_ddim(denoise, x, sigmas, eta=0.0, noise=noise, callback=callback)
 
 
 @register("euler_ancestral")
-@torch.no_grad()
 def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, noise: Optional[Callable] = None, callback=None):
-    """Euler step down to sigma_down, then fresh noise up to sigma_next (k-diffusion's ancestral sampler)."""
-    noise = noise or _default_noise(x)
-    for i in range(len(sigmas) - 1):
-        x0 = denoise(x, sigmas[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = x + (x - x0) / sigmas[i] * (sigma_down - sigmas[i])
-        if sigma_up > 0:
-            x = x + sigma_up * noise(i)
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-    return x
+    """k-diffusion's Euler-ancestral: Euler down to sigma_down, fresh noise up to sigma_next.
+
+    Its update is DDIM's with the same eta (eq. 16 rewritten for sigmas); only the default eta differs.
+    """
+    return sample_ddim(denoise, x, sigmas, eta=eta, noise=noise, callback=callback)
 
 
 @register("heun")
@@ -150,31 +139,11 @@ def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0
     return x
 
 
-@register("dpmpp_2m")
-@torch.no_grad()
-def sample_dpmpp_2m(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) in lambda = -log sigma; first order at the ends."""
-    old_x0, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        x0 = denoise(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = x0  # the last step lands on the data prediction
-        else:
-            h = sigmas[i].log() - sigmas[i + 1].log()  # lambda_next - lambda
-            d = x0 if old_x0 is None else x0 + (x0 - old_x0) / (2 * (h_last / h))  # Alg. 2: D = (1 + 1/2r) x0 - 1/2r x0_prev
-            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * d  # x = (s'/s) x - (e^-h - 1) D
-            h_last = h
-        old_x0 = x0
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-    return x
-
-
 @register("dpmpp_2m_sde")
 @torch.no_grad()
 def sample_dpmpp_2m_sde(denoise, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022b; k-diffusion's midpoint variant), noise scaled by ``eta``."""
-    noise = noise or _default_noise(x)
+    noise = noise or _default_noise(x)  # drawn only when eta > 0
     old_x0, h_last = None, None
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
@@ -186,13 +155,23 @@ def sample_dpmpp_2m_sde(denoise, x, sigmas, *, eta: float = 1.0, s_noise: float 
             x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x - torch.expm1(-h - eta_h) * x0
             if old_x0 is not None:
                 x = x - 0.5 * torch.expm1(-h - eta_h) * (h / h_last) * (x0 - old_x0)
-            if eta:
+            if eta > 0:
                 x = x + noise(i) * sigmas[i + 1] * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise
             h_last = h
         old_x0 = x0
         if callback is not None:
             callback(i, sigmas[i], x, x0)
     return x
+
+
+@register("dpmpp_2m")
+def sample_dpmpp_2m(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): the SDE variant with eta = 0.
+
+    x = (s'/s) x - (e^-h - 1) D,  D = (1 + 1/2r) x0 - 1/2r x0_prev,  r = h_prev / h, h = log(s / s');
+    first order at the first step and a plain x0 at the last.
+    """
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, eta=0.0, noise=noise, callback=callback)
 
 
 def _unipc_step(x, x0s, lambdas, sigma, sigma_next, lambda_next, order, x0_new=None):
@@ -247,11 +226,6 @@ def sample_unipc(denoise, x, sigmas, *, order: int = 2, noise: Optional[Callable
         if callback is not None:
             callback(i, sigmas[i], x, x0)
     return x
-
-
-def nfe_per_step(name: str, steps: int) -> int:
-    """Network evaluations a sampler makes for ``steps`` steps (Heun: 2 per step but the last)."""
-    return 2 * steps - 1 if name == "heun" else steps
 
 
 def get_sampler(name: str) -> Callable:

@@ -93,7 +93,7 @@ def rescale_zero_terminal_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
     s = alpha_bar.sqrt()
     s0, sT = s[0].clone(), s[-1].clone()
     a = ((s - sT) * s0 / (s0 - sT)) ** 2  # Alg. 1: shift so the last is 0, scale so the first is unchanged
-    a[-1] = torch.minimum(a[-2] ** 2 / a[-3], alpha_bar[-1])
+    a[-1] = torch.minimum(a[-2] ** 2 / a[-3], alpha_bar[-1]) if len(a) >= 3 else alpha_bar[-1]
     return a
 
 

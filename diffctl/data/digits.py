@@ -22,11 +22,6 @@ def load(cfg) -> dict:
     return dict(train=x[~test], test=x[test], train_labels=y[~test], test_labels=y[test], levels=LEVELS, num_classes=10)
 
 
-def to_levels(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> integer pixel levels 0..16."""
-    return ((x.clamp(-1, 1) + 1) / 2 * (LEVELS - 1)).round()
-
-
 def load_gmm(cfg) -> dict:
     """``digits_gmm``: an image-shaped Gaussian mixture with a closed-form optimal denoiser.
 

@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save`` dict of tensors, numbers and strings (never pickled objects),
 loaded with ``weights_only=True`` so loading can never execute code.  It carries its resolved
-config as YAML text and a format version, so ``diffctl sample ckpt=...`` needs nothing else.
+config (a plain dict) and a format version, so ``diffctl sample ckpt=...`` needs nothing else.
 Writes are atomic: a temp file in the same folder, fsync, then ``os.replace``.
 """
 

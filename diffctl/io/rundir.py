@@ -52,6 +52,12 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def drop_after(self, step: int) -> None:
+        """Forget records past ``step`` (a run resumed from an older checkpoint logs them again)."""
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            self.path.write_text("".join(l + "\n" for l in lines if json.loads(l).get("step", 0) <= step))
+
     def write(self, **record) -> None:
         record.setdefault("time", round(time.time(), 3))
         with open(self.path, "a") as f:

@@ -8,7 +8,7 @@ real-vs-real floor measured at the same sample count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,7 +29,6 @@ class EvalContext:
     cache_dir: Path
     seed: int = 0
     device: torch.device = torch.device("cpu")
-    extras: dict = field(default_factory=dict)  # artefacts for the report (e.g. predicted classes)
 
 
 @dataclass
@@ -120,7 +119,6 @@ def fd_ref(ctx: EvalContext) -> dict:
     probs = net(samples).softmax(1)
     pred = probs.argmax(1)
     hist = torch.bincount(pred, minlength=ctx.data.num_classes).float() / len(pred)
-    ctx.extras["predicted_classes"] = pred
     mean = sum(chunks) / len(chunks)
     std = (sum((c - mean) ** 2 for c in chunks) / max(len(chunks) - 1, 1)) ** 0.5
     return {
