@@ -206,3 +206,12 @@ def test_eval_quality_vs_nfe_grid_on_the_image_oracle(diffctl):
     assert fd[("ddim", 8)] < fd[("ddim", 2)] and fd[("heun", 8)] < fd[("heun", 2)]
     assert "test_loss" in report["skipped"]
     assert (folder / "quality_vs_nfe.png").exists() and "| heun | 8 | 15 |" in (folder / "quality_vs_nfe.md").read_text()
+
+
+@pytest.mark.slow
+def test_eval_vlb_in_bits_per_dim(diffctl):
+    train = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0", "schedule.timesteps=40"))
+    folder = run_folder(diffctl("eval", f"ckpt={train}", "metrics=[vlb]"))
+    v = json.loads((folder / "metrics.json").read_text())["metrics"]["vlb"]
+    assert v["n"] == 300 and v["levels"] == 17 and v["uniform_bpd"] == pytest.approx(np.log2(17))
+    assert 0 < v["decoder_bpd"] < v["value"] and v["prior_bpd"] >= 0 and v["stderr"] > 0
