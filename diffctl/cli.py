@@ -202,12 +202,14 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
     from rich.table import Table
 
     root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
-    table = Table("command", "run folder", "contents")
+    table = Table("command", "run folder", "holds")
+    table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
     found = [p for p in root.glob("*/**/config.yaml") if p.parent.name != ".hydra"]
     for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         folder = cfg.parent
-        contents = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        table.add_row(folder.relative_to(root).parts[0], str(folder), ", ".join(contents))
+        names = {p.name for p in folder.iterdir()}
+        holds = [k for k in ("checkpoints", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
+        table.add_row(folder.relative_to(root).parts[0], str(folder), ", ".join(holds))
     Console().print(table)
 
 

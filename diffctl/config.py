@@ -61,7 +61,7 @@ class OracleConfig:
 @dataclass
 class MLPConfig:
     arch: str = "mlp"
-    prediction: str = "eps"  # eps | x0 | v
+    prediction: str = "v"  # eps | x0 | v
     hidden: int = 256  # width of the residual blocks
     depth: int = 3  # number of residual blocks
     dropout: float = 0.0
@@ -351,6 +351,19 @@ CHOICES = {
 }
 
 
+# Numeric bounds, by dotted key: (lowest allowed, whether the bound itself is allowed).
+BOUNDS = {
+    "trainer.steps": (1, True), "trainer.batch_size": (1, True), "trainer.keep_last": (0, True),
+    "trainer.log_every": (0, True), "trainer.ckpt_every": (0, True), "trainer.sample_every": (0, True),
+    "trainer.sample_steps": (1, True), "trainer.num_grid": (1, True), "trainer.ema_decay": (0, True), "trainer.grad_clip": (0, True),
+    "optim.lr": (0, False), "optim.warmup_steps": (0, True), "schedule.timesteps": (2, True),
+    "num_samples": (1, True), "batch_size": (1, True), "rows": (2, True),
+    "sampler.eta": (0, True), "sampler.order": (1, True), "sampler.S_churn": (0, True), "sampler.S_noise": (0, True),
+    "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "loss.sigma_data": (0, False),
+}
+UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1}
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra cannot make: keys added with ``+`` that a schema lacks, and fixed choices.
 
@@ -358,7 +371,7 @@ def validate(cfg: DictConfig) -> None:
     """
     from dataclasses import fields, is_dataclass
 
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
 
     for group, node in cfg.items():
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
@@ -367,6 +380,17 @@ def validate(cfg: DictConfig) -> None:
             extra = [k for k in node.keys() if k not in allowed]
             if extra:
                 raise ValueError(f"unknown key {group}.{extra[0]}; {group} ({schema.__name__}) has: {', '.join(allowed)}")
+    for key, (low, inclusive) in BOUNDS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or isinstance(value, (list, ListConfig)):
+            continue
+        high = UPPER.get(key)
+        if (value < low if inclusive else value <= low) or (high is not None and value > high):
+            rng = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            raise ValueError(f"{key}={value} is out of range; it must be {rng}")
+    steps = cfg.get("steps")
+    if steps is not None and not all(isinstance(s, int) and s >= 1 for s in (steps if isinstance(steps, ListConfig) else [steps])):
+        raise ValueError(f"steps={steps} is out of range; it must be a positive integer (or, for eval, a list of them)")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in allowed:

@@ -48,7 +48,7 @@ def facts(alpha_bar: torch.Tensor) -> dict:
     s = snr(alpha_bar)
     below = (s < 1).nonzero()
     sig = sigmas_from_alpha_bar(alpha_bar)
-    return {"terminal_snr": float(s[-1]), "snr_crosses_1_at_t": int(below[0]) + 1 if len(below) else None,
+    return {"terminal_snr": float(s[-1]), "snr_crosses_1_at_t": int(below[0]) if len(below) else None,
             "sigma_min": float(sig[0]), "sigma_max": float(sig[-1])}
 
 
@@ -61,7 +61,7 @@ def plot_curves(all_curves: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=100)
     panels = [("beta", "beta_t", "log"), ("alpha_bar", "alpha_bar_t", "linear"), ("log_snr", "log SNR_t", "linear"), ("sigma", "sigma_t", "log")]
     for name, curves in all_curves.items():
-        t = torch.arange(1, len(curves["beta"]) + 1).numpy()
+        t = torch.arange(len(curves["beta"])).numpy()
         for ax, (key, label, yscale) in zip(axes, panels):
             y = torch.log(curves["snr"]) if key == "log_snr" else curves[key]
             ax.plot(t, y.numpy(), label=name)
@@ -93,16 +93,19 @@ def forward_strip(x0: torch.Tensor, alpha_bars: dict[str, torch.Tensor], path: P
             ax.imshow(((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"t={t + 1}\nSNR {snr(ab)[t].item():.2g}", fontsize=7)
+            ax.set_title(f"t={t}\nSNR {snr(ab)[t].item():.2g}", fontsize=7)
         row[0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return [t + 1 for t in ts]
+    return ts
 
 
 def run_inspect(cfg: DictConfig, run_dir: Path) -> dict:
-    schedules = {cfg.schedule.name: cfg.schedule, **{n: schedule_option(n, cfg.schedule) for n in cfg.compare if n != cfg.schedule.name}}
+    names = list(dict.fromkeys(cfg.compare)) or [cfg.schedule.name]  # compare=[...] sets the order of the rows
+    if cfg.schedule.name not in names:
+        names.insert(0, cfg.schedule.name)
+    schedules = {n: cfg.schedule if n == cfg.schedule.name else schedule_option(n, cfg.schedule) for n in names}
     alpha_bars = {name: schedule_alpha_bar(s) for name, s in schedules.items()}
     all_curves = {name: schedule_curves(ab) for name, ab in alpha_bars.items()}
     console = Console()
@@ -114,7 +117,7 @@ def run_inspect(cfg: DictConfig, run_dir: Path) -> dict:
             table.add_column(col, justify="right")
         rows = []
         for i in torch.linspace(0, T - 1, max(2, cfg.rows)).round().long().unique().tolist():
-            r = {"t": i + 1, **{k: float(v[i]) for k, v in curves.items()}}
+            r = {"t": i, **{k: float(v[i]) for k, v in curves.items()}}
             rows.append(r)
             table.add_row(str(r["t"]), f"{r['beta']:.4g}", f"{r['alpha_bar']:.4g}", f"{r['snr']:.4g}", f"{torch.log(curves['snr'][i]).item():.3f}", f"{r['sigma']:.4g}")
         console.print(table)

@@ -87,7 +87,8 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
 
     old = dict(flat({k: saved.get(k, {}) for k in RUN_DEFINING}))
     new = dict(flat({k: current[k] for k in RUN_DEFINING}))
-    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
+    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k)]
     if diffs:
         raise UsageError(f"cannot resume from {path}: it was trained with {', '.join(diffs[:3])}; use the run's own overrides "
                          f"(resume=<run folder> reuses them) or start a new run")
@@ -249,7 +250,8 @@ class Trainer:
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.sample_grid()
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
-                    log.info("step %d: loss %.4f (mean of the last %d steps), checkpoint %s", self.step, logged_loss, tc.log_every, self.save().name)
+                    recent = sum(window) / len(window) if window else logged_loss
+                    log.info("step %d: loss %.4f (mean since the last log line), checkpoint %s", self.step, recent, self.save().name)
         seconds = time.perf_counter() - t0
         path = self.save()
         grid = self.sample_grid()

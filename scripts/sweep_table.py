@@ -49,7 +49,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     header = "| job | overrides | train loss (own target) | test loss, eps-MSE | test loss, own target | fd_ref (floor) | classes |\n|---|---|---|---|---|---|---|\n"
     lines = [f"| {r['job']} | `{r['overrides']}` | {r['train_loss']:.4f} | {r['test_loss_eps']:.4f} | {r['test_loss_target']:.4f} | "
-             + (f"{r['fd_ref']:.2f} ± {r['fd_ref_std']:.2f} ({r['fd_floor']:.2f}) | {r['classes']}/10" if "fd_ref" in r else "n/a | n/a")
+             + (f"{r['fd_ref']:.2f} ± {r['fd_ref_std'] or 0:.2f} ({r['fd_floor']:.2f}) | {r['classes']}/10" if "fd_ref" in r else "n/a | n/a")
              + " |" for r in rows]
     table = header + "\n".join(lines) + f"\n\nfd_ref: {rows[0]['sampler']}, {rows[0]['samples']} samples per job, in chunks of 300 (± std over chunks); floor: 300 held-out test images.\n"
     (sweep / "sweep_table.md").write_text(table)

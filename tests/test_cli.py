@@ -131,7 +131,14 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["sample", "model=oracle", "dataset=moons"], "dataset=moons has no closed-form denoiser"),
     (["train", "model=oracle"], "use it with diffctl sample or eval"),
     (["eval", "model=oracle", "dataset=gmm", "samplers=[heun,nope]"], "samplers: unknown sampler 'nope'"),
-    (["eval", "model=oracle", "dataset=gmm", "steps=[5,0]"], "steps must be a positive integer"),
+    (["eval", "model=oracle", "dataset=gmm", "steps=[5,0]"], "steps=[5, 0] is out of range"),
+    (["sample", "batch_size=0"], "batch_size=0 is out of range; it must be >= 1"),
+    (["sample", "num_samples=-4"], "num_samples=-4 is out of range"),
+    (["train", "trainer.batch_size=-1"], "trainer.batch_size=-1 is out of range"),
+    (["train", "trainer.steps=0"], "trainer.steps=0 is out of range"),
+    (["sample", "sampler.eta=-1"], "sampler.eta=-1"),
+    (["sample", "sampler=unipc", "sampler.order=7"], "sampler.order=7 is out of range; it must be >= 1 and <= 3"),
+    (["train", "optim.lr=-1"], "optim.lr=-1"),
 ])
 def test_bad_inputs_are_one_line_errors(diffctl, args, message):
     proc = diffctl(*args, check=False)
@@ -161,7 +168,7 @@ def test_inspect_schedule_compares_and_reports_visits(diffctl):
     assert "SNR < 1 from t =" in proc.stdout and "visits t = [999, 899" in proc.stdout
     strip = Image.open(folder / "forward.png")
     assert strip.width > strip.height > 300  # 3 rows (schedules) of 8 columns (timesteps)
-    assert report["strip_timesteps"] == [1, 101, 201, 351, 501, 650, 800, 1000]
+    assert report["strip_timesteps"] == [0, 100, 200, 350, 500, 649, 799, 999]  # 0-based, as the visited timesteps
     bad = diffctl("inspect-schedule", "compare=[linear,nope]", check=False)
     assert bad.returncode == 2 and "compare: unknown schedule 'nope'" in bad.stderr
 

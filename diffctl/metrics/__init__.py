@@ -121,7 +121,7 @@ def fd_ref(ctx: EvalContext) -> dict:
     pred = probs.argmax(1)
     hist = torch.bincount(pred, minlength=ctx.data.num_classes).float() / len(pred)
     mean = sum(chunks) / len(chunks)
-    std = (sum((c - mean) ** 2 for c in chunks) / max(len(chunks) - 1, 1)) ** 0.5
+    std = (sum((c - mean) ** 2 for c in chunks) / (len(chunks) - 1)) ** 0.5 if len(chunks) > 1 else None  # no spread from one chunk
     return {
         "value": mean, "std_over_chunks": std, "chunks": len(chunks), "n": n, "floor": floor,
         "class_histogram": [round(h, 4) for h in hist.tolist()],
