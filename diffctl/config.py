@@ -265,7 +265,7 @@ class EvalConfig:
     schedule: Any = None
     paths: Any = None
     ckpt: str = "latest"
-    metrics: List[str] = field(default_factory=lambda: ["test_loss", "fd_ref", "swd", "logp_true"])  # those that apply run; also: vlb (T network passes over the test split)
+    metrics: List[str] = field(default_factory=lambda: ["test_loss", "fd_ref", "prdc_ref", "swd", "mmd", "energy", "logp_true"])  # those that apply run; also: vlb
     samplers: List[str] = field(default_factory=list)  # several samplers: a quality-vs-NFE grid (with steps=[...])
     steps: Any = 50  # an int, or a list of step counts for the grid
     num_samples: int = 1000

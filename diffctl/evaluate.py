@@ -161,6 +161,8 @@ def _print_table(report: dict, rows: list[dict]) -> None:
                 notes.append(f"±{r['std_over_chunks']:.2g} ({r['chunks']} chunks)")
             elif "chunks" in r:
                 notes.append("1 chunk: no error bar (use num_samples >= 600)")
+            if "coverage" in r:
+                notes.append(f"recall {r['recall']:.3f}, density {r['density']:.3f}, coverage {r['coverage']:.3f}")
             if "classes_present" in r:
                 notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes, ref acc {r['reference']['test_accuracy']:.3f}")
             floor = r.get("floor")

@@ -69,3 +69,37 @@ def test_gaussian_stats_and_identical_sets():
     assert np.allclose(cov, np.cov(x.numpy(), rowvar=False)) and frechet_distance(mu, cov, mu, cov) == pytest.approx(0, abs=1e-8)
     assert sliced_wasserstein(x[:, :2], x[:, :2]) == 0
     assert sliced_wasserstein(x[:, :2], x[:, :2] + 1.0) > 0.5
+
+
+def test_two_sample_distances_vanish_for_one_distribution_and_grow_with_a_shift():
+    from diffctl.metrics.distances import energy_distance, median_bandwidth, mmd_rbf
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(800, 2, generator=g), torch.randn(800, 2, generator=g)
+    h = median_bandwidth(a)
+    shifted = b + torch.tensor([1.0, 0.0])
+    assert abs(mmd_rbf(a, b, h)) < 0.01 and abs(energy_distance(a, b)) < 0.03
+    assert mmd_rbf(a, shifted, h) > 0.1
+    # energy distance of N(0, I) and N(mu, I) in 1-D has a closed form: 2 E|X-Y| - 2 E|X-X'| with X-Y ~ N(mu, 2)
+    x, y = torch.randn(4000, 1, generator=g), torch.randn(4000, 1, generator=g) + 1.0
+    s = 2**0.5
+    e_xy = s * (2 / np.pi) ** 0.5 * np.exp(-1 / (2 * s**2)) + 1.0 * (1 - 2 * (0.5 * (1 + __import__("math").erf(-1 / (s * 2**0.5)))))
+    e_xx = s * (2 / np.pi) ** 0.5
+    assert energy_distance(x, y) == pytest.approx(2 * e_xy - 2 * e_xx, abs=0.03)
+
+
+def test_precision_recall_density_coverage():
+    from diffctl.metrics.distances import density_coverage, precision_recall
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(1000, 2, generator=g)
+    same = torch.randn(1000, 2, generator=g)
+    p, r = precision_recall(real, same)
+    d, c = density_coverage(real, same)
+    assert p > 0.9 and r > 0.9 and 0.8 < d < 1.2 and c > 0.9
+    collapsed = torch.randn(1000, 2, generator=g) * 0.1  # mode collapse: precise but no recall
+    p, r = precision_recall(real, collapsed)
+    d, c = density_coverage(real, collapsed)
+    assert p > 0.95 and r < 0.3 and c < 0.3
+    far = real + 20.0
+    assert precision_recall(real, far) == (0.0, 0.0) and density_coverage(real, far) == (0.0, 0.0)

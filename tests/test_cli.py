@@ -57,7 +57,9 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     assert report["metrics"]["test_loss"]["value"] > 0
     fd = report["metrics"]["fd_ref"]
     assert fd["value"] > fd["floor"] > 0 and fd["n"] == 300 and fd["reference"]["test_accuracy"] > 0.9
-    assert report["skipped"] == {"swd": "needs 2-D point data", "logp_true": "needs a dataset with a known density (gmm, digits_gmm)"}
+    assert set(report["skipped"]) == {"swd", "mmd", "energy", "logp_true"} and report["skipped"]["swd"] == "needs 2-D point data"
+    prdc = report["metrics"]["prdc_ref"]
+    assert 0 <= prdc["precision"] <= 1 and 0 <= prdc["coverage"] <= 1 and prdc["floor_all"]["recall"] > 0.5
     assert (ev / "real_vs_generated.png").exists()
 
     insp = diffctl("inspect-schedule", "schedule=cosine")
@@ -79,6 +81,8 @@ def test_toy2d_train_sample_eval(diffctl):
     ev = run_folder(diffctl("eval", "steps=4", "num_samples=200"))
     report = json.loads((ev / "metrics.json").read_text())
     assert report["metrics"]["swd"]["value"] > 0 and "fd_ref" in report["skipped"]
+    for name in ("mmd", "energy", "logp_true"):
+        assert report["metrics"][name]["n"] == 200 and "floor" in report["metrics"][name]
 
 
 @pytest.mark.slow

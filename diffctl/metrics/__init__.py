@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import torch
 
 from ..core.diffusion import output_to_x0_eps, q_sample, training_target
-from .distances import frechet_distance, gaussian_stats, sliced_wasserstein
+from .distances import (density_coverage, energy_distance, frechet_distance, gaussian_stats, median_bandwidth, mmd_rbf,
+                        precision_recall, sliced_wasserstein)
 from .reference import reference_classifier
 
 
@@ -195,3 +196,48 @@ def vlb(ctx: EvalContext) -> dict:
     return {"value": bpd.mean().item(), "stderr": (bpd.std() / len(bpd) ** 0.5).item(), "n": len(bpd), "levels": ctx.data.levels,
             "prior_bpd": nats_to_bits_per_dim(prior, dims).mean().item(), "decoder_bpd": nats_to_bits_per_dim(decoder, dims).mean().item(),
             "uniform_bpd": math.log2(ctx.data.levels)}
+
+
+@torch.no_grad()
+def _reference_features(ctx: EvalContext):
+    """(classifier info, train features, test features, features of the first len(test) samples)."""
+    net, info = reference_classifier(ctx.data, ctx.cache_dir)
+    n = len(ctx.data.test)
+    samples = ctx.samples()
+    if len(samples) < n:
+        raise ValueError(f"reference-feature metrics need num_samples >= {n} (the test-split size); got {len(samples)}")
+    return info, net.features(ctx.data.train), net.features(ctx.data.test), net.features(samples[:n])
+
+
+@register("prdc_ref", _images_with_classes)
+def prdc_ref(ctx: EvalContext) -> dict:
+    """Precision / recall (k = 3) and density / coverage (k = 5) in reference features, vs the train split.
+
+    ``value`` is precision; the floor entries are the same four numbers for held-out test images.
+    """
+    info, train, test, fake = _reference_features(ctx)
+    p, r = precision_recall(train, fake)
+    d, c = density_coverage(train, fake)
+    fp, fr = precision_recall(train, test)
+    fd, fc = density_coverage(train, test)
+    return {"value": p, "precision": p, "recall": r, "density": d, "coverage": c, "floor": fp,
+            "floor_all": {"precision": fp, "recall": fr, "density": fd, "coverage": fc}, "n": len(fake), "reference": info}
+
+
+def _two_sample(ctx: EvalContext, fn) -> dict:
+    samples, test, train = ctx.samples(), ctx.data.test, ctx.data.train
+    n = min(len(samples), len(test), len(train))
+    return {"value": fn(samples[:n], test[:n]), "floor": fn(train[:n], test[:n]), "n": n}
+
+
+@register("mmd", _points)
+def mmd(ctx: EvalContext) -> dict:
+    """Unbiased MMD^2, Gaussian kernel with a fixed bandwidth: the median pairwise distance of the test split."""
+    h = median_bandwidth(ctx.data.test[:2000])
+    return {**_two_sample(ctx, lambda a, b: mmd_rbf(a, b, h)), "bandwidth": h}
+
+
+@register("energy", _points)
+def energy(ctx: EvalContext) -> dict:
+    """Energy distance (Szekely & Rizzo 2013), generated vs test split; floor: train vs test."""
+    return _two_sample(ctx, energy_distance)
