@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -87,11 +88,14 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         row = {}
         for name in active:
             metric = METRICS[name]
-            if not metric.uses_samples:
-                if name not in once:
-                    once[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+            if not metric.uses_samples and name in once:
                 continue
-            row[name] = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+            if metric.uses_samples:
+                samples()  # so that the metric's own time excludes sampling
+            t0 = time.perf_counter()
+            result = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+            (row if metric.uses_samples else once)[name] = result
         info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})
         rows.append({"sampler": info["sampler"], "steps": steps, "nfe": info["nfe"], "spacing": sampler_cfg.spacing, "metrics": row})
         last = cache.get("x")
