@@ -74,7 +74,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
-    rows, once, timings = [], {}, {}
+    rows, once, timings, memo = [], {}, {}, {}
     for sampler_cfg, steps in grid:
         cache = {}
 
@@ -84,7 +84,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 cache["x"] = quantize(x, data.levels)
             return cache["x"]
 
-        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device)
+        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo)
         row = {}
         for name in active:
             metric = METRICS[name]

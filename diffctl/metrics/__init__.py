@@ -9,7 +9,7 @@ real-vs-real floor measured at the same sample count.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,6 +31,7 @@ class EvalContext:
     cache_dir: Path
     seed: int = 0
     device: torch.device = torch.device("cpu")
+    memo: dict = field(default_factory=dict)  # work shared by metrics and grid cells (pass the same dict)
 
 
 @dataclass
@@ -102,6 +103,20 @@ def test_loss(ctx: EvalContext, per_item: int = 10) -> dict:
     return {"value": eps_sum / count, "target_mse": target_sum / count, "target": ctx.prediction, "n": count}
 
 
+@torch.no_grad()
+def _reference(ctx: EvalContext):
+    """(classifier, its info, train features, test features, samples): the classifier and the real
+    features are computed once per evaluation (``ctx.memo``), whatever the metrics and grid cells."""
+    if "reference" not in ctx.memo:
+        net, info = reference_classifier(ctx.data, ctx.cache_dir)
+        ctx.memo["reference"] = (net, info, net.features(ctx.data.train), net.features(ctx.data.test))
+    samples = ctx.samples()
+    n = len(ctx.data.test)
+    if len(samples) < n:
+        raise ValueError(f"reference-feature metrics need num_samples >= {n} (the test-split size, for an equal-count floor); got {len(samples)}")
+    return (*ctx.memo["reference"], samples)
+
+
 @register("fd_ref", _images_with_classes)
 @torch.no_grad()
 def fd_ref(ctx: EvalContext) -> dict:
@@ -110,13 +125,10 @@ def fd_ref(ctx: EvalContext) -> dict:
     Generated samples are scored in chunks of the test-split size and averaged, so the value and
     its floor (held-out test images vs train) are measured at the same sample count.
     """
-    net, info = reference_classifier(ctx.data, ctx.cache_dir)
-    ref = gaussian_stats(net.features(ctx.data.train))
-    n = len(ctx.data.test)
-    floor = frechet_distance(*gaussian_stats(net.features(ctx.data.test)), *ref)
-    samples = ctx.samples()
-    if len(samples) < n:
-        raise ValueError(f"fd_ref needs num_samples >= {n} (the test-split size, for an equal-count floor); got {len(samples)}")
+    net, info, train, test, samples = _reference(ctx)
+    ref = gaussian_stats(train)
+    n = len(test)
+    floor = frechet_distance(*gaussian_stats(test), *ref)
     chunks = [frechet_distance(*gaussian_stats(net.features(samples[i:i + n])), *ref) for i in range(0, len(samples) - n + 1, n)]
     probs = net(samples).softmax(1)
     pred = probs.argmax(1)
@@ -198,15 +210,6 @@ def vlb(ctx: EvalContext) -> dict:
             "uniform_bpd": math.log2(ctx.data.levels)}
 
 
-@torch.no_grad()
-def _reference_features(ctx: EvalContext):
-    """(classifier info, train features, test features, features of the first len(test) samples)."""
-    net, info = reference_classifier(ctx.data, ctx.cache_dir)
-    n = len(ctx.data.test)
-    samples = ctx.samples()
-    if len(samples) < n:
-        raise ValueError(f"reference-feature metrics need num_samples >= {n} (the test-split size); got {len(samples)}")
-    return info, net.features(ctx.data.train), net.features(ctx.data.test), net.features(samples[:n])
 
 
 @register("prdc_ref", _images_with_classes)
@@ -215,7 +218,8 @@ def prdc_ref(ctx: EvalContext) -> dict:
 
     ``value`` is precision; the floor entries are the same four numbers for held-out test images.
     """
-    info, train, test, fake = _reference_features(ctx)
+    net, info, train, test, samples = _reference(ctx)
+    fake = net.features(samples[: len(test)])
     p, r = precision_recall(train, fake)
     d, c = density_coverage(train, fake)
     fp, fr = precision_recall(train, test)
