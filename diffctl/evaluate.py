@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from .data import quantize
 from .errors import UsageError
 from .io.images import save_grid, save_scatter
 from .io.rundir import write_json
-from .metrics import METRICS, EvalContext, skip_reason
+from .metrics import METRICS, EvalContext, Skipped, skip_reason
 from .runtime import load_source, resolve_device
 from .sample import sample_with_progress
 
@@ -30,7 +32,7 @@ log = logging.getLogger("diffctl.eval")
 
 def _versions() -> dict:
     out = {}
-    for pkg in ("diffctl", "torch", "numpy", "scikit-learn"):
+    for pkg in ("diffctl", "torch", "numpy", "scipy", "scikit-learn", "torch-fidelity"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -84,16 +86,21 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 cache["x"] = quantize(x, data.levels)
             return cache["x"]
 
-        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo)
+        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
+                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise)
         row = {}
         for name in active:
             metric = METRICS[name]
-            if not metric.uses_samples and name in once:
+            if name in skipped or (not metric.uses_samples and name in once):
                 continue
             if metric.uses_samples:
                 samples()  # so that the metric's own time excludes sampling
             t0 = time.perf_counter()
-            result = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+            try:
+                result = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+            except Skipped as e:
+                skipped[name] = str(e)
+                continue
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
             (row if metric.uses_samples else once)[name] = result
         info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})
@@ -128,11 +135,13 @@ def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        pts = sorted((r["nfe"], r["metrics"][name]["value"], r["metrics"][name].get("std_over_chunks") or 0) for r in rows if r["sampler"] == sampler)
+        pts = sorted((r["nfe"], r["metrics"][name]["value"], r["metrics"][name].get("err") or 0) for r in rows if r["sampler"] == sampler)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=sampler)
-    floor = rows[0]["metrics"][name].get("floor")
-    if floor is not None:
-        ax.axhline(floor, color="gray", ls="--", label="real vs real (floor)")
+    m0 = rows[0]["metrics"][name]
+    if m0.get("floor") is not None:
+        ax.axhline(m0["floor"], color="gray", ls="--", label="real vs real (floor)")
+        if m0.get("floor_err"):
+            ax.axhspan(m0["floor"] - m0["floor_err"], m0["floor"] + m0["floor_err"], color="gray", alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("NFE (network evaluations per sample)")
     ax.set_ylabel(name)
@@ -145,9 +154,37 @@ def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
     lines = [f"| sampler | steps | NFE | {name} | floor |", "|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"][name]
-        err = f" ± {m['std_over_chunks']:.2f}" if m.get("std_over_chunks") is not None else ""
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {m['value']:.4g}{err} | {m.get('floor', float('nan')):.4g} |")
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {_pm(m.get('value'), m.get('err'))} | {_pm(m.get('floor'), m.get('floor_err'))} |")
     (run_dir / "quality_vs_nfe.md").write_text("\n".join(lines) + "\n")
+
+
+def _pm(value, err=None) -> str:
+    """'value ± err' with the value rounded to the error's precision (4 significant digits without one)."""
+    if value is None:
+        return ""
+    if not err:
+        return f"{value:.4g}"
+    digits = max(0, 1 - math.floor(math.log10(abs(err))))  # two significant digits of the error
+    return f"{value:.{digits}f} ± {err:.{digits}f}"
+
+
+def _notes(r: dict) -> str:
+    notes = [r["unit"]] if r.get("unit") else []
+    if "chunks" in r:
+        notes.append(f"{r['chunks']} chunk{'s' * (r['chunks'] > 1)} of {r['n']}")
+    if "classes_present" in r:
+        notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes, ref acc {r['reference']['test_accuracy']:.3f}")
+    if "uniform_bpd" in r:
+        notes.append(f"uniform {r['uniform_bpd']:.2f}")
+    return "; ".join(notes)
+
+
+def _lines(name: str, r: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, value, floor, notes) rows of one result; one per part when it has several (prdc_ref)."""
+    if "errors" not in r:
+        return [(name, _pm(r["value"], r.get("err", r.get("stderr"))), _pm(r.get("floor"), r.get("floor_err")), _notes(r))]
+    return [(f"{name} {k}" if i == 0 else f"  {k}", _pm(r[k], r["errors"][k]), _pm(r["floor_all"][k], r["floor_errors"][k]), "")
+            for i, k in enumerate(r["errors"])]
 
 
 def _print_table(report: dict, rows: list[dict]) -> None:
@@ -155,24 +192,12 @@ def _print_table(report: dict, rows: list[dict]) -> None:
     table = Table(title=f"{title}, {report['num_samples']} samples")
     for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):
         table.add_column(col)
-    for name, r in report["metrics"].items():
-        if name not in rows[0]["metrics"]:
-            table.add_row("", name, f"{r['value']:.4g}", "", str(r["n"]), "")
-    for row in rows:
-        for name, r in row["metrics"].items():
-            notes = []
-            if r.get("std_over_chunks") is not None:
-                notes.append(f"±{r['std_over_chunks']:.2g} ({r['chunks']} chunks)")
-            elif "chunks" in r:
-                notes.append("1 chunk: no error bar (use num_samples >= 600)")
-            if "coverage" in r:
-                notes.append(f"recall {r['recall']:.3f}, density {r['density']:.3f}, coverage {r['coverage']:.3f}")
-            if "classes_present" in r:
-                notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes, ref acc {r['reference']['test_accuracy']:.3f}")
-            floor = r.get("floor")
-            table.add_row(f"{row['sampler']} x{row['steps']} ({row['nfe']})", name, f"{r['value']:.4g}",
-                          "" if floor is None else f"{floor:.4g}", str(r["n"]), "; ".join(notes))
-    console = Console()
+    cells = [("", name, r) for name, r in report["metrics"].items() if name not in rows[0]["metrics"]]
+    cells += [(f"{row['sampler']} x{row['steps']} ({row['nfe']})", name, r) for row in rows for name, r in row["metrics"].items()]
+    for setting, name, r in cells:
+        for i, (metric, value, floor, notes) in enumerate(_lines(name, r)):
+            table.add_row(setting if i == 0 else "", metric, value, floor, str(r["n"]) if i == 0 else "", notes)
+    console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes: no wrapping at rich's default 80
     console.print(table)
     for name, reason in report["skipped"].items():
         console.print(f"skipped {name}: {reason}")

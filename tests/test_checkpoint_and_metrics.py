@@ -72,7 +72,9 @@ def test_gaussian_stats_and_identical_sets():
 
 
 def test_two_sample_distances_vanish_for_one_distribution_and_grow_with_a_shift():
-    from diffctl.metrics.distances import energy_distance, median_bandwidth, mmd_rbf
+    from diffctl.metrics.distances import energy_distance, median_bandwidth, mmd2_unbiased, rbf_kernel
+
+    mmd_rbf = lambda a, b, h: mmd2_unbiased(a, b, rbf_kernel(h))
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(800, 2, generator=g), torch.randn(800, 2, generator=g)
@@ -89,17 +91,80 @@ def test_two_sample_distances_vanish_for_one_distribution_and_grow_with_a_shift(
 
 
 def test_precision_recall_density_coverage():
-    from diffctl.metrics.distances import density_coverage, precision_recall
+    from diffctl.metrics.distances import prdc
 
     g = torch.Generator().manual_seed(1)
     real = torch.randn(1000, 2, generator=g)
     same = torch.randn(1000, 2, generator=g)
-    p, r = precision_recall(real, same)
-    d, c = density_coverage(real, same)
+    p, r, d, c = prdc(real, same)()
     assert p > 0.9 and r > 0.9 and 0.8 < d < 1.2 and c > 0.9
     collapsed = torch.randn(1000, 2, generator=g) * 0.1  # mode collapse: precise but no recall
-    p, r = precision_recall(real, collapsed)
-    d, c = density_coverage(real, collapsed)
+    p, r, d, c = prdc(real, collapsed)()
     assert p > 0.95 and r < 0.3 and c < 0.3
-    far = real + 20.0
-    assert precision_recall(real, far) == (0.0, 0.0) and density_coverage(real, far) == (0.0, 0.0)
+    assert prdc(real, real + 20.0)() == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_bootstrap_error_of_a_mean_is_its_standard_error():
+    from diffctl.metrics.distances import bootstrap_std
+
+    x = torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    se = bootstrap_std(lambda ids: x[ids].mean().item(), len(x), resamples=2000)
+    assert se == pytest.approx(x.std().item() / 20, rel=0.1)
+    lo, hi = bootstrap_std(lambda ids: (x[ids].mean().item(), 2 * x[ids].mean().item()), len(x), resamples=200)
+    assert hi == pytest.approx(2 * lo)
+
+
+def test_copies_in_a_resample_are_not_their_own_neighbours_or_pairs():
+    from diffctl.metrics.distances import cubic_kernel, energy_distance, mmd2_unbiased, prdc
+
+    g = torch.Generator().manual_seed(3)
+    real, fake, other = torch.randn(300, 2, generator=g), torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)
+    ids = torch.arange(200).repeat(2)  # every item twice, as a resample of fake
+    # each other item is a neighbour twice, so the 3rd-nearest distinct row is the 2nd-nearest item,
+    # and the copies of a point never count as its neighbours
+    assert prdc(real, fake, k_pr=3)(ids)[1] == prdc(real, fake, k_pr=2)()[1]
+    assert prdc(real, fake)(ids)[0] == prdc(real, fake)()[0]
+    # the same distinct pairs as the set once
+    twice = fake[ids]
+    assert mmd2_unbiased(twice, other, cubic_kernel, ids) == pytest.approx(mmd2_unbiased(fake, other, cubic_kernel), abs=1e-12)
+    assert energy_distance(twice, other, ids) == pytest.approx(energy_distance(fake, other), abs=1e-12)
+    # without ids the copies would be pairs at distance 0
+    assert energy_distance(twice, other) != pytest.approx(energy_distance(fake, other), abs=1e-3)
+
+
+def test_kid_is_unbiased_near_zero_and_grows_with_a_shift():
+    from diffctl.metrics.distances import kid
+
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(500, 16, generator=g), torch.randn(500, 16, generator=g)
+    same, spread = kid(a, b, subset_size=100, subsets=200)
+    shifted, _ = kid(a, b + 0.5, subset_size=100, subsets=200)
+    assert abs(same) < 3 * spread / 200**0.5 + 1e-3 and shifted > 20 * max(abs(same), spread / 200**0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(a[:1], b)
+
+
+def test_chunked_frechet_has_an_equal_count_floor_and_error_bars():
+    from diffctl.metrics.distances import chunked_frechet
+
+    g = torch.Generator().manual_seed(5)
+    ref, held_out = torch.randn(2000, 4, generator=g), torch.randn(300, 4, generator=g)
+    good = chunked_frechet(torch.randn(1000, 4, generator=g), held_out, ref, resamples=50)
+    bad = chunked_frechet(torch.randn(1000, 4, generator=g) * 1.5 + 0.5, held_out, ref, resamples=50)
+    assert good["chunks"] == 3 and good["n"] == 300 and good["floor"] == bad["floor"]
+    assert good["err"] > 0 and good["floor_err"] > 0
+    assert abs(good["value"] - good["floor"]) < 3 * (good["err"] + good["floor_err"]) < bad["value"] - bad["floor"]
+    with pytest.raises(ValueError, match="at least 300"):
+        chunked_frechet(torch.randn(100, 4), held_out, ref)
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_frechet_to_reference_from_features_matches_the_covariance_formula(n):
+    from diffctl.metrics.distances import frechet_to_reference
+
+    g = torch.Generator().manual_seed(6)
+    x, ref = torch.randn(n, 12, generator=g) * 1.3 + 0.2, torch.randn(500, 12, generator=g)
+    mu, sigma = gaussian_stats(ref)
+    # n <= D: the n x n route; n > D: the D x D one; both equal the textbook formula (up to the square
+    # roots of round-off eigenvalues of the rank-deficient D x D product, ~1e-8 each)
+    assert frechet_to_reference(x, mu, sigma) == pytest.approx(frechet_distance(*gaussian_stats(x), mu, sigma), rel=1e-7)

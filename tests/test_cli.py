@@ -52,14 +52,22 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     again = run_folder(diffctl("sample", f"ckpt={train}", "steps=5", "num_samples=6", "batch_size=6"))
     assert np.array_equal(np.load(again / "samples.npz")["images"], images)
 
-    ev = run_folder(diffctl("eval", f"ckpt={train / 'checkpoints' / 'step_00000004.pt'}", "steps=2", "num_samples=300"))
+    ev_proc = diffctl("eval", f"ckpt={train / 'checkpoints' / 'step_00000004.pt'}", "steps=2", "num_samples=300")
+    ev = run_folder(ev_proc)
     report = json.loads((ev / "metrics.json").read_text())
     assert report["metrics"]["test_loss"]["value"] > 0
     fd = report["metrics"]["fd_ref"]
     assert fd["value"] > fd["floor"] > 0 and fd["n"] == 300 and fd["reference"]["test_accuracy"] > 0.9
-    assert set(report["skipped"]) == {"swd", "mmd", "energy", "logp_true"} and report["skipped"]["swd"] == "needs 2-D point data"
+    assert set(report["skipped"]) == {"swd", "mmd", "energy", "logp_true", "fid", "kid", "is"}
+    assert report["skipped"]["swd"] == "needs 2-D point data" and "no Inception weights on disk" in report["skipped"]["fid"]
     prdc = report["metrics"]["prdc_ref"]
     assert 0 <= prdc["precision"] <= 1 and 0 <= prdc["coverage"] <= 1 and prdc["floor_all"]["recall"] > 0.5
+    for name in ("fd_ref", "kid_ref", "prdc_ref"):  # every sample-quality number: a floor and bootstrap error bars
+        assert report["metrics"][name]["err"] > 0 and report["metrics"][name]["floor_err"] > 0, name
+    # likelihoods of an untrained-ish model: worse than uniform over the 17 levels is possible, but finite and positive
+    assert report["metrics"]["vlb"]["value"] > 0 and report["metrics"]["ode_nll"]["unit"] == "bits/dim"
+    assert np.isfinite(report["metrics"]["ode_nll"]["value"])
+    assert "no Inception weights on disk" in ev_proc.stdout and "fd_ref" in ev_proc.stdout
     assert (ev / "real_vs_generated.png").exists()
 
     insp = diffctl("inspect-schedule", "schedule=cosine")
@@ -80,9 +88,11 @@ def test_toy2d_train_sample_eval(diffctl):
     assert np.load(sample / "samples.npz")["x"].shape == (10, 2)
     ev = run_folder(diffctl("eval", "steps=4", "num_samples=200"))
     report = json.loads((ev / "metrics.json").read_text())
-    assert report["metrics"]["swd"]["value"] > 0 and "fd_ref" in report["skipped"]
-    for name in ("mmd", "energy", "logp_true"):
-        assert report["metrics"][name]["n"] == 200 and "floor" in report["metrics"][name]
+    assert report["metrics"]["swd"]["value"] > 0 and "fd_ref" in report["skipped"] and "vlb" in report["skipped"]
+    for name in ("swd", "mmd", "energy", "logp_true"):
+        assert report["metrics"][name]["n"] == 200 and "floor" in report["metrics"][name] and report["metrics"][name]["err"] > 0
+    nll = report["metrics"]["ode_nll"]
+    assert nll["trace"] == "exact" and nll["unit"] == "nats per item" and np.isfinite(nll["value"]) and "floor" in nll
 
 
 @pytest.mark.slow

@@ -53,3 +53,45 @@ def test_a_perfect_denoiser_pays_only_prior_and_decoder():
         zero = zero + L.vlb_term(x0, x_t, torch.zeros_like(x0), ab, t, 17)
     assert (L.nats_to_bits_per_dim(perfect, 64) < 0.01).all()  # prior ~ 0 and the decoder puts ~all mass in the bin
     assert (L.nats_to_bits_per_dim(zero, 64) > 1.0).all()
+
+
+def _gaussian_denoiser(mu: torch.Tensor, s: float):
+    """E[x0 | x0 + sigma z] for x0 ~ N(mu, s^2 I): the analytic score of Gaussian data."""
+    return lambda x, sigma: mu + s**2 / (s**2 + sigma.view(-1, *([1] * (x.ndim - 1))) ** 2) * (x - mu)
+
+
+def _gaussian_logp(x: torch.Tensor, mu: torch.Tensor, var: float) -> torch.Tensor:
+    d = x[0].numel()
+    return -0.5 * ((x - mu) ** 2).flatten(1).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
+
+
+@pytest.mark.parametrize("probes", [None, 64])
+def test_ode_likelihood_of_gaussian_data_matches_the_exact_nll(probes):
+    g = torch.Generator().manual_seed(0)
+    mu, s, smin, smax = torch.tensor([0.3, -0.5, 0.1]), 0.4, 0.01, 200.0
+    x = (mu + s * torch.randn(64, 3, generator=g, dtype=torch.float64)).double()
+    exact = _gaussian_logp(x, mu, s**2 + smin**2)
+    # with the exact prior N(mu, s^2 + smax^2) only the solver's error remains
+    prior = lambda y: _gaussian_logp(y, mu, s**2 + smax**2)
+    got = L.ode_log_likelihood(_gaussian_denoiser(mu, s), x, smin, smax, steps=96, probes=probes, generator=g, prior_logp=prior)
+    if probes is None:
+        assert torch.allclose(got, exact, atol=5e-3)
+    else:  # Hutchinson: unbiased per item; the mean over items is tight
+        assert got.mean().item() == pytest.approx(exact.mean().item(), abs=0.05)
+        assert (got - exact).abs().max().item() < 0.5
+    # the default N(0, smax^2) prior differs by O(|mu| / smax): small for smax >> the data's scale
+    default = L.ode_log_likelihood(_gaussian_denoiser(mu, s), x, smin, smax, steps=96)
+    assert torch.allclose(default, exact, atol=2e-2)
+
+
+def test_ode_likelihood_rejects_bad_ranges():
+    with pytest.raises(ValueError, match="sigma_min"):
+        L.ode_log_likelihood(lambda x, s: x, torch.zeros(1, 2), 1.0, 0.5)
+
+
+def test_dequantized_bits_per_dim_of_a_uniform_density_is_log2_levels():
+    # a uniform density on [-1 - w/2, 1 + w/2]^D (the dequantisation support) gives P(bin) = 1 / levels
+    levels, dims = 17, 5
+    width = 2 / (levels - 1)
+    nll = torch.tensor([dims * math.log(2 + width)], dtype=torch.float64)
+    assert L.dequantized_bits_per_dim(nll, dims, levels).item() == pytest.approx(math.log2(levels))

@@ -3,7 +3,8 @@
 A metric is a function ``fn(ctx) -> dict`` of an ``EvalContext``; ``applies(data)`` returns
 None when it can run on a dataset, or the reason it cannot (reported as ``skipped``).  Every
 result dict carries its sample count and metric version; sample-quality numbers carry the
-real-vs-real floor measured at the same sample count.
+real-vs-real floor measured at the same sample count, and ``err`` / ``floor_err``: bootstrap
+standard errors (``RESAMPLES`` resamples of the generated / held-out items).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from ..core.diffusion import output_to_x0_eps, q_sample, training_target
-from .distances import (density_coverage, energy_distance, frechet_distance, gaussian_stats, median_bandwidth, mmd_rbf,
-                        precision_recall, sliced_wasserstein)
+from .distances import (bootstrap_std, chunked_frechet, cubic_kernel, energy_distance, median_bandwidth, mmd2_unbiased, prdc,
+                        rbf_kernel, sliced_wasserstein, within_mean)
 from .reference import reference_classifier
 
 
@@ -32,6 +33,12 @@ class EvalContext:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     memo: dict = field(default_factory=dict)  # work shared by metrics and grid cells (pass the same dict)
+    options: dict = field(default_factory=dict)  # metric settings from the config, e.g. inception_weights
+    denoise: Optional[Callable] = None  # D(x, sigma) of the network or the oracle
+
+
+class Skipped(Exception):
+    """Raised by a metric that cannot run in this setting; its message is the reason reported."""
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {}
+RESAMPLES = 100  # bootstrap resamples behind every err / floor_err
 
 
 def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True, needs_net: bool = False):
@@ -117,7 +125,7 @@ def _reference(ctx: EvalContext):
     return (*ctx.memo["reference"], samples)
 
 
-@register("fd_ref", _images_with_classes)
+@register("fd_ref", _images_with_classes, version=2)
 @torch.no_grad()
 def fd_ref(ctx: EvalContext) -> dict:
     """Frechet distance in reference-classifier features, generated vs train split.
@@ -126,17 +134,11 @@ def fd_ref(ctx: EvalContext) -> dict:
     its floor (held-out test images vs train) are measured at the same sample count.
     """
     net, info, train, test, samples = _reference(ctx)
-    ref = gaussian_stats(train)
-    n = len(test)
-    floor = frechet_distance(*gaussian_stats(test), *ref)
-    chunks = [frechet_distance(*gaussian_stats(net.features(samples[i:i + n])), *ref) for i in range(0, len(samples) - n + 1, n)]
+    result = chunked_frechet(net.features(samples), test, train, RESAMPLES, ctx.seed)
     probs = net(samples).softmax(1)
-    pred = probs.argmax(1)
-    hist = torch.bincount(pred, minlength=ctx.data.num_classes).float() / len(pred)
-    mean = sum(chunks) / len(chunks)
-    std = (sum((c - mean) ** 2 for c in chunks) / (len(chunks) - 1)) ** 0.5 if len(chunks) > 1 else None  # no spread from one chunk
+    hist = torch.bincount(probs.argmax(1), minlength=ctx.data.num_classes).float() / len(probs)
     return {
-        "value": mean, "std_over_chunks": std, "chunks": len(chunks), "n": n, "floor": floor,
+        **result,
         "class_histogram": [round(h, 4) for h in hist.tolist()],
         "classes_present": int((hist >= 0.02).sum()),
         "mean_confidence": probs.max(1).values.mean().item(),
@@ -144,13 +146,42 @@ def fd_ref(ctx: EvalContext) -> dict:
     }
 
 
-@register("swd", _points)
+@register("kid_ref", _images_with_classes, version=2)
+@torch.no_grad()
+def kid_ref(ctx: EvalContext) -> dict:
+    """KID in reference-classifier features: the unbiased MMD^2 with KID's cubic polynomial kernel
+    between all generated samples and the train split (no subsets: the features are small).
+
+    Features are divided by the train features' RMS first, so that x.y / D is O(1) as for
+    Inception features (raw, the cubic kernel is dominated by feature norms and KID by noise);
+    floor: held-out test images vs train.  KID is unbiased, so its floor is 0 in expectation at
+    any count; ``err`` / ``floor_err`` are bootstrap errors.
+    """
+    net, info, train, test, samples = _reference(ctx)
+    scale = train.pow(2).mean().sqrt()
+    fake, train, test = net.features(samples) / scale, train / scale, test / scale
+    train_within = within_mean(cubic_kernel, train)
+    kid = lambda x, ids=None: mmd2_unbiased(x, train, cubic_kernel, ids, train_within)
+    return {"value": kid(fake), "err": bootstrap_std(lambda ids: kid(fake[ids], ids), len(fake), RESAMPLES, ctx.seed),
+            "floor": kid(test), "floor_err": bootstrap_std(lambda ids: kid(test[ids], ids), len(test), RESAMPLES, ctx.seed + 1),
+            "n": len(fake), "floor_n": len(test), "reference": info}
+
+
+def _two_sample(ctx: EvalContext, fn) -> dict:
+    """``fn(a, b, ids)`` for samples vs test split and, as the floor, train vs test at the same count,
+    each with its bootstrap error (``ids`` names the original item of each resampled row)."""
+    samples, test, train = ctx.samples(), ctx.data.test, ctx.data.train
+    n = min(len(samples), len(test), len(train))
+    samples, train, test, every = samples[:n], train[:n], test[:n], torch.arange(n)
+    return {"value": fn(samples, test, every), "err": bootstrap_std(lambda ids: fn(samples[ids], test, ids), n, RESAMPLES, ctx.seed),
+            "floor": fn(train, test, every), "floor_err": bootstrap_std(lambda ids: fn(train[ids], test, ids), n, RESAMPLES, ctx.seed + 1),
+            "n": n}
+
+
+@register("swd", _points, version=2)
 def swd(ctx: EvalContext) -> dict:
-    """Sliced Wasserstein-2 distance, generated vs test split; floor: train vs test at the same n."""
-    samples, test = ctx.samples(), ctx.data.test
-    n = min(len(samples), len(test))
-    floor = sliced_wasserstein(ctx.data.train[:n], test[:n], seed=ctx.seed)
-    return {"value": sliced_wasserstein(samples[:n], test[:n], seed=ctx.seed), "n": n, "floor": floor}
+    """Sliced Wasserstein-2 distance (256 fixed random directions), generated vs test split."""
+    return _two_sample(ctx, lambda a, b, ids: sliced_wasserstein(a, b, seed=ctx.seed))
 
 
 def _known_density(data) -> Optional[str]:
@@ -168,8 +199,9 @@ def logp_true(ctx: EvalContext) -> dict:
     """
     samples = ctx.samples()
     n = min(len(samples), len(ctx.data.test))
-    lp = ctx.data.oracle.log_density(samples)
-    return {"value": lp.mean().item(), "floor": ctx.data.oracle.log_density(ctx.data.test[:n]).mean().item(), "n": len(samples)}
+    lp, lp_test = ctx.data.oracle.log_density(samples), ctx.data.oracle.log_density(ctx.data.test[:n])
+    stderr = lambda v: (v.std() / len(v) ** 0.5).item()  # the mean's standard error (what the bootstrap estimates)
+    return {"value": lp.mean().item(), "err": stderr(lp), "floor": lp_test.mean().item(), "floor_err": stderr(lp_test), "n": len(samples)}
 
 
 def _quantised_images(data) -> Optional[str]:
@@ -210,38 +242,70 @@ def vlb(ctx: EvalContext) -> dict:
             "uniform_bpd": math.log2(ctx.data.levels)}
 
 
+@register("ode_nll", _always, uses_samples=False)
+def ode_nll(ctx: EvalContext, steps: int = 64, exact_up_to: int = 16) -> dict:
+    """Negative log-likelihood of the test split under the probability-flow ODE.
+
+    Integrated from the schedule's smallest to its largest sigma (Heun, ``steps`` steps in log
+    sigma); exact divergence for data of at most ``exact_up_to`` dimensions, else Hutchinson's
+    estimator with one Rademacher probe per item.  Quantised images are uniformly dequantised
+    and reported in bits/dim (an upper bound on the discrete NLL); continuous data in nats per
+    item, with the true distribution's NLL of the same points as the floor where it is known.
+    """
+    from ..core.likelihood import dequantized_bits_per_dim, ode_log_likelihood
+    from ..core.schedules import sigmas_from_alpha_bar
+
+    g = torch.Generator().manual_seed(ctx.seed)
+    x = ctx.data.test.double()
+    dims = x[0].numel()
+    levels = ctx.data.levels
+    if levels is not None:
+        x = x + (torch.rand(x.shape, generator=g, dtype=torch.float64) - 0.5) * (2 / (levels - 1))
+    sig = sigmas_from_alpha_bar(ctx.alpha_bar.double())
+    probes = None if dims <= exact_up_to else 1
+    nll = torch.cat([-ode_log_likelihood(ctx.denoise, x[i:i + 500].to(ctx.device), sig[0].item(), sig[-1].item(), steps, probes, g).cpu()
+                     for i in range(0, len(x), 500)])
+    out = {"n": len(nll), "steps": steps, "nfe": 2 * steps, "trace": "exact" if probes is None else "hutchinson (1 Rademacher probe)",
+           "sigma_min": sig[0].item(), "sigma_max": sig[-1].item()}
+    if levels is not None:
+        bpd = dequantized_bits_per_dim(nll, dims, levels)
+        return {"value": bpd.mean().item(), "stderr": (bpd.std() / len(bpd) ** 0.5).item(), "unit": "bits/dim", "levels": levels,
+                "uniform_bpd": math.log2(levels), **out}
+    result = {"value": nll.mean().item(), "stderr": (nll.std() / len(nll) ** 0.5).item(), "unit": "nats per item", **out}
+    if ctx.data.oracle is not None and hasattr(ctx.data.oracle, "log_density"):
+        result["floor"] = -ctx.data.oracle.log_density(ctx.data.test.double(), sigma=sig[0].item()).mean().item()
+    return result
 
 
-@register("prdc_ref", _images_with_classes)
+@register("prdc_ref", _images_with_classes, version=2)
 def prdc_ref(ctx: EvalContext) -> dict:
     """Precision / recall (k = 3) and density / coverage (k = 5) in reference features, vs the train split.
 
-    ``value`` is precision; the floor entries are the same four numbers for held-out test images.
+    ``value`` is precision; the floor entries are the same four numbers for held-out test images,
+    at the same count; ``errors`` / ``floor_errors`` are bootstrap errors of all four.
     """
     net, info, train, test, samples = _reference(ctx)
     fake = net.features(samples[: len(test)])
-    p, r = precision_recall(train, fake)
-    d, c = density_coverage(train, fake)
-    fp, fr = precision_recall(train, test)
-    fd, fc = density_coverage(train, test)
-    return {"value": p, "precision": p, "recall": r, "density": d, "coverage": c, "floor": fp,
-            "floor_all": {"precision": fp, "recall": fr, "density": fd, "coverage": fc}, "n": len(fake), "reference": info}
+    keys, n = ("precision", "recall", "density", "coverage"), len(test)
+    ours, real = prdc(train, fake), prdc(train, test)
+    values, floors = ours(), real()
+    err, floor_err = bootstrap_std(ours, n, RESAMPLES, ctx.seed), bootstrap_std(real, n, RESAMPLES, ctx.seed + 1)
+    return {"value": values[0], "err": err[0], "floor": floors[0], "floor_err": floor_err[0], **dict(zip(keys, values)),
+            "errors": dict(zip(keys, err)), "floor_all": dict(zip(keys, floors)), "floor_errors": dict(zip(keys, floor_err)),
+            "n": n, "reference": info}
 
 
-def _two_sample(ctx: EvalContext, fn) -> dict:
-    samples, test, train = ctx.samples(), ctx.data.test, ctx.data.train
-    n = min(len(samples), len(test), len(train))
-    return {"value": fn(samples[:n], test[:n]), "floor": fn(train[:n], test[:n]), "n": n}
-
-
-@register("mmd", _points)
+@register("mmd", _points, version=2)
 def mmd(ctx: EvalContext) -> dict:
     """Unbiased MMD^2, Gaussian kernel with a fixed bandwidth: the median pairwise distance of the test split."""
     h = median_bandwidth(ctx.data.test[:2000])
-    return {**_two_sample(ctx, lambda a, b: mmd_rbf(a, b, h)), "bandwidth": h}
+    return {**_two_sample(ctx, lambda a, b, ids: mmd2_unbiased(a, b, rbf_kernel(h), ids)), "bandwidth": h}
 
 
-@register("energy", _points)
+@register("energy", _points, version=2)
 def energy(ctx: EvalContext) -> dict:
     """Energy distance (Szekely & Rizzo 2013), generated vs test split; floor: train vs test."""
     return _two_sample(ctx, energy_distance)
+
+
+from . import inception  # noqa: E402,F401  registers fid, kid, is

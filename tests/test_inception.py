@@ -1,0 +1,166 @@
+"""fid / kid / is with torch-fidelity's Inception: random weights from a temp file, never the network."""
+
+import io
+import math
+import os
+import pickle
+import shlex
+import socket
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("torch_fidelity")
+import torch_fidelity.feature_extractor_inceptionv3 as tfi  # noqa: E402
+
+from diffctl.metrics import METRICS, EvalContext, Skipped, inception  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """The extractor's architecture with random weights, saved as a plain state dict (nothing downloaded)."""
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        net = tfi.FeatureExtractorInceptionV3("random", ["2048"], feature_extractor_weights_path=empty)
+    path = tmp_path_factory.mktemp("weights") / "inception-random.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    imgs = lambda n: ((torch.rand(n, 1, 8, 8, generator=g) * 16).round() / 8 - 1)  # 17 levels in [-1, 1]
+    train, test = imgs(6), imgs(6)
+    return SimpleNamespace(name="fake", train=train, test=test, is_image=True, levels=17, shape=tuple(train.shape[1:]))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_ctx(data, cache_dir, weights_path, samples=None, memo=None):
+    x = data.train if samples is None else samples
+    return EvalContext(net=None, alpha_bar=torch.ones(1, dtype=torch.float64), prediction="eps", data=data, samples=lambda: x,
+                       cache_dir=cache_dir, memo={} if memo is None else memo,
+                       options={"inception_weights": None if weights_path is None else str(weights_path)})
+
+
+@pytest.fixture
+def count_extracted(monkeypatch):
+    counts = []
+    real = inception.extract
+
+    def counting(net, x, *a, **k):
+        counts.append(len(x))
+        return real(net, x, *a, **k)
+
+    monkeypatch.setattr(inception, "extract", counting)
+    return counts
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every way to the network raises: torch.hub, torch-fidelity's own reference to it, urllib, sockets."""
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_fid_kid_is_end_to_end_and_cached(weights, data, cache, count_extracted, no_network):
+    ctx = make_ctx(data, cache, weights)  # samples = the train split: fid and kid ~ 0
+    results = {name: METRICS[name].fn(ctx) for name in ("fid", "kid", "is")}
+    assert count_extracted == [6, 6, 6]  # train, test, then the samples once for all three metrics
+    sha = inception.read_weights(weights)[1][:12]
+    for name, r in results.items():
+        assert math.isfinite(r["value"]) and math.isfinite(r["floor"]), name
+        assert r["feature_extractor"] == {"name": "inception-v3-tf-2015-12-05", "sha256": sha, "protocol": inception.PROTOCOL}
+        assert r["torch_fidelity"]
+    fid = results["fid"]
+    assert abs(fid["value"]) < 1e-6 * max(1.0, fid["floor"]) and fid["floor"] > 0 and fid["n"] == 6
+    assert abs(results["kid"]["value"]) < 1e-6 and results["kid"]["err"] >= 0
+    assert results["is"]["value"] >= 1 - 1e-9 and results["is"]["n"] == 6 and results["is"]["floor_n"] == 6
+
+    files = sorted(cache.glob("inception_fake_*.npz"))
+    assert [f.name for f in files] == [f"inception_fake_{s}_{sha}_p{inception.PROTOCOL_VERSION}.npz" for s in ("test", "train")]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = METRICS["is"].fn(make_ctx(data, cache, weights))  # a fresh evaluation: only the samples go through Inception
+    assert count_extracted == [6, 6, 6, 6] and again["floor"] == results["is"]["floor"]
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_without_weights_skipped_with_the_reason(weights, data, cache, no_network):
+    with pytest.raises(Skipped) as e:
+        METRICS["fid"].fn(make_ctx(data, cache, None))
+    assert "no Inception weights on disk" in str(e.value) and "never downloaded" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(Skipped, match="not found"):
+        METRICS["is"].fn(make_ctx(data, cache, weights.parent / "missing.pth"))
+
+
+def test_applies_only_to_grey_or_rgb_images(data):
+    points = SimpleNamespace(is_image=False, shape=(2,))
+    assert METRICS["fid"].applies(points) == "needs image data"
+    assert METRICS["kid"].applies(data) is None
+    assert "channels" in METRICS["is"].applies(SimpleNamespace(is_image=True, shape=(4, 8, 8)))
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, data, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        (torch.save if how == "torch.save" else pickle.dump)({"fc.weight": Evil(marker)}, f)
+    with pytest.raises(ValueError) as e:
+        METRICS["fid"].fn(make_ctx(data, tmp_path, path))
+    msg = str(e.value)
+    assert msg.startswith("not a weights file:") and "\n" not in msg
+    assert not marker.exists()
+
+
+def test_wrong_state_dict_is_a_one_line_error(tmp_path, data):
+    path = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ValueError) as e:
+        METRICS["kid"].fn(make_ctx(data, tmp_path, path))
+    assert str(e.value).startswith("not Inception-v3 weights:") and "\n" not in str(e.value)
+
+
+def test_inception_score_on_hand_made_logits():
+    mean, std = inception.inception_score(torch.zeros(50, 1008))  # uniform predictions
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+    K = 7
+    one_hot = torch.full((10 * K * 3, 1008), -1e4)
+    one_hot[torch.arange(len(one_hot)), torch.arange(len(one_hot)) % K] = 0  # each split of 3K items: every class 3 times
+    mean, std = inception.inception_score(one_hot, shuffle_seed=None)
+    assert mean == pytest.approx(K, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    assert inception.inception_score(one_hot, splits=1)[0] == pytest.approx(K, rel=1e-9)  # the permutation does not matter then
+    with pytest.raises(ValueError):
+        inception.inception_score(torch.zeros(5, 1008))
+
+
+def test_inception_score_matches_torch_fidelity():
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = torch.randn(57, 1008, generator=torch.Generator().manual_seed(0)) * 3
+    ref = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
+    mean, std = inception.inception_score(logits)
+    assert mean == pytest.approx(ref["inception_score_mean"], rel=1e-9) and std == pytest.approx(ref["inception_score_std"], rel=1e-7)
