@@ -111,8 +111,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
     if len(rows) > 1:
         report["grid"] = rows
+    write_json(run_dir / "metrics.json", report)  # first: nothing below may lose the numbers
+    if len(rows) > 1:
         _quality_vs_nfe(rows, run_dir)
-    write_json(run_dir / "metrics.json", report)
     if last is not None:
         _side_by_side(data.test, last, run_dir / "real_vs_generated.png")
     _print_table(report, rows)
@@ -162,7 +163,7 @@ def _pm(value, err=None) -> str:
     """'value ± err' with the value rounded to the error's precision (4 significant digits without one)."""
     if value is None:
         return ""
-    if not err:
+    if err is None or not math.isfinite(err) or err <= 0 or not math.isfinite(value):
         return f"{value:.4g}"
     digits = max(0, 1 - math.floor(math.log10(abs(err))))  # two significant digits of the error
     return f"{value:.{digits}f} ± {err:.{digits}f}"
@@ -176,6 +177,9 @@ def _notes(r: dict) -> str:
         notes.append(f"{r['classes_present']}/{len(r['class_histogram'])} classes, ref acc {r['reference']['test_accuracy']:.3f}")
     if "uniform_bpd" in r:
         notes.append(f"uniform {r['uniform_bpd']:.2f}")
+    for key, what in (("subset_std", "subsets"), ("split_std", "splits")):
+        if key in r:
+            notes.append(f"std over {what} {r[key]:.2g} (floor {r['floor_' + key]:.2g})")
     return "; ".join(notes)
 
 

@@ -16,6 +16,7 @@ pytest.importorskip("torch_fidelity")
 import torch_fidelity.feature_extractor_inceptionv3 as tfi  # noqa: E402
 
 from diffctl.metrics import METRICS, EvalContext, Skipped, inception  # noqa: E402
+from diffctl.metrics.distances import chunked_frechet, kid  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_fid_kid_is_end_to_end_and_cached(weights, data, cache, count_extracted,
         assert r["torch_fidelity"]
     fid = results["fid"]
     assert abs(fid["value"]) < 1e-6 * max(1.0, fid["floor"]) and fid["floor"] > 0 and fid["n"] == 6
-    assert abs(results["kid"]["value"]) < 1e-6 and results["kid"]["err"] >= 0
+    assert abs(results["kid"]["value"]) < 1e-6 and results["kid"]["subset_std"] >= 0
     assert results["is"]["value"] >= 1 - 1e-9 and results["is"]["n"] == 6 and results["is"]["floor_n"] == 6
 
     files = sorted(cache.glob("inception_fake_*.npz"))
@@ -98,6 +99,29 @@ def test_fid_kid_is_end_to_end_and_cached(weights, data, cache, count_extracted,
     again = METRICS["is"].fn(make_ctx(data, cache, weights))  # a fresh evaluation: only the samples go through Inception
     assert count_extracted == [6, 6, 6, 6] and again["floor"] == results["is"]["floor"]
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_fid_kid_is_compute_the_published_formulas_on_informative_features(weights, tmp_path, monkeypatch, no_network):
+    # random Inception weights give near-constant features, on which any formula is ~0: replace the
+    # extractor's output by fixed random projections of the pixels and check each metric's wiring
+    g = torch.Generator().manual_seed(1)
+    proj, head = torch.randn(64, 2048, generator=g), torch.randn(64, 1008, generator=g)
+    fake = lambda net, x, *a, **k: (torch.tanh(x.flatten(1) @ proj / 8), x.flatten(1) @ head)
+    monkeypatch.setattr(inception, "extract", fake)
+    imgs = lambda n, shift=0.0: ((torch.rand(n, 1, 8, 8, generator=g) + shift).clamp(0, 1) * 16).round() / 8 - 1
+    data = SimpleNamespace(name="wired", train=imgs(60), test=imgs(20), is_image=True, levels=17, shape=(1, 8, 8))
+    samples = imgs(40, shift=0.3)
+    ctx = make_ctx(data, tmp_path, weights, samples=samples)
+    feats = lambda x: fake(None, x)[0]
+    got = {name: METRICS[name].fn(ctx) for name in ("fid", "kid", "is")}
+    expected_fd = chunked_frechet(feats(samples), feats(data.test), feats(data.train))
+    assert got["fid"]["value"] == pytest.approx(expected_fd["value"]) and got["fid"]["chunks"] == 2
+    assert got["fid"]["floor"] == pytest.approx(expected_fd["floor"]) and got["fid"]["floor"] < got["fid"]["value"]
+    assert (got["kid"]["value"], got["kid"]["subset_std"]) == pytest.approx(kid(feats(samples), feats(data.train), subset_size=20, seed=0))
+    assert got["kid"]["floor"] == pytest.approx(kid(feats(data.test), feats(data.train), subset_size=20, seed=0)[0])
+    assert got["kid"]["floor"] < got["kid"]["value"]
+    assert got["is"]["value"] == pytest.approx(inception.inception_score(fake(None, samples)[1], 10)[0])
+    assert got["is"]["floor"] == pytest.approx(inception.inception_score(fake(None, data.test)[1], 10)[0])
 
 
 def test_without_weights_skipped_with_the_reason(weights, data, cache, no_network):

@@ -3,8 +3,9 @@
 A metric is a function ``fn(ctx) -> dict`` of an ``EvalContext``; ``applies(data)`` returns
 None when it can run on a dataset, or the reason it cannot (reported as ``skipped``).  Every
 result dict carries its sample count and metric version; sample-quality numbers carry the
-real-vs-real floor measured at the same sample count, and ``err`` / ``floor_err``: bootstrap
-standard errors (``RESAMPLES`` resamples of the generated / held-out items).
+real-vs-real floor measured at the same sample count, and ``err`` / ``floor_err``: standard
+errors over the generated / held-out items (grouped jackknife for smooth statistics, bootstrap
+for the k-NN ones).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.diffusion import output_to_x0_eps, q_sample, training_target
-from .distances import (bootstrap_std, chunked_frechet, cubic_kernel, energy_distance, median_bandwidth, mmd2_unbiased, prdc,
+from .distances import (bootstrap_std, chunked_frechet, jackknife_std, cubic_kernel, energy_distance, median_bandwidth, mmd2_unbiased, prdc,
                         rbf_kernel, sliced_wasserstein, within_mean)
 from .reference import reference_classifier
 
@@ -51,7 +52,7 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {}
-RESAMPLES = 100  # bootstrap resamples behind every err / floor_err
+RESAMPLES = 100  # bootstrap resamples behind the k-NN metrics' err / floor_err
 
 
 def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True, needs_net: bool = False):
@@ -134,7 +135,7 @@ def fd_ref(ctx: EvalContext) -> dict:
     its floor (held-out test images vs train) are measured at the same sample count.
     """
     net, info, train, test, samples = _reference(ctx)
-    result = chunked_frechet(net.features(samples), test, train, RESAMPLES, ctx.seed)
+    result = chunked_frechet(net.features(samples), test, train, ctx.seed)
     probs = net(samples).softmax(1)
     hist = torch.bincount(probs.argmax(1), minlength=ctx.data.num_classes).float() / len(probs)
     return {
@@ -155,33 +156,32 @@ def kid_ref(ctx: EvalContext) -> dict:
     Features are divided by the train features' RMS first, so that x.y / D is O(1) as for
     Inception features (raw, the cubic kernel is dominated by feature norms and KID by noise);
     floor: held-out test images vs train.  KID is unbiased, so its floor is 0 in expectation at
-    any count; ``err`` / ``floor_err`` are bootstrap errors.
+    any count; ``err`` / ``floor_err`` are jackknife errors.
     """
     net, info, train, test, samples = _reference(ctx)
     scale = train.pow(2).mean().sqrt()
     fake, train, test = net.features(samples) / scale, train / scale, test / scale
     train_within = within_mean(cubic_kernel, train)
-    kid = lambda x, ids=None: mmd2_unbiased(x, train, cubic_kernel, ids, train_within)
-    return {"value": kid(fake), "err": bootstrap_std(lambda ids: kid(fake[ids], ids), len(fake), RESAMPLES, ctx.seed),
-            "floor": kid(test), "floor_err": bootstrap_std(lambda ids: kid(test[ids], ids), len(test), RESAMPLES, ctx.seed + 1),
+    kid = lambda x: (lambda ids=None: mmd2_unbiased(x if ids is None else x[ids], train, cubic_kernel, train_within))
+    return {"value": kid(fake)(), "err": jackknife_std(kid(fake), len(fake), seed=ctx.seed),
+            "floor": kid(test)(), "floor_err": jackknife_std(kid(test), len(test), seed=ctx.seed + 1),
             "n": len(fake), "floor_n": len(test), "reference": info}
 
 
 def _two_sample(ctx: EvalContext, fn) -> dict:
-    """``fn(a, b, ids)`` for samples vs test split and, as the floor, train vs test at the same count,
-    each with its bootstrap error (``ids`` names the original item of each resampled row)."""
+    """``fn(a, b)`` for samples vs test split and, as the floor, train vs test at the same count,
+    each with its jackknife error over the first set's items."""
     samples, test, train = ctx.samples(), ctx.data.test, ctx.data.train
     n = min(len(samples), len(test), len(train))
-    samples, train, test, every = samples[:n], train[:n], test[:n], torch.arange(n)
-    return {"value": fn(samples, test, every), "err": bootstrap_std(lambda ids: fn(samples[ids], test, ids), n, RESAMPLES, ctx.seed),
-            "floor": fn(train, test, every), "floor_err": bootstrap_std(lambda ids: fn(train[ids], test, ids), n, RESAMPLES, ctx.seed + 1),
-            "n": n}
+    samples, train, test = samples[:n], train[:n], test[:n]
+    return {"value": fn(samples, test), "err": jackknife_std(lambda ids: fn(samples[ids], test), n, seed=ctx.seed),
+            "floor": fn(train, test), "floor_err": jackknife_std(lambda ids: fn(train[ids], test), n, seed=ctx.seed + 1), "n": n}
 
 
 @register("swd", _points, version=2)
 def swd(ctx: EvalContext) -> dict:
     """Sliced Wasserstein-2 distance (256 fixed random directions), generated vs test split."""
-    return _two_sample(ctx, lambda a, b, ids: sliced_wasserstein(a, b, seed=ctx.seed))
+    return _two_sample(ctx, lambda a, b: sliced_wasserstein(a, b, seed=ctx.seed))
 
 
 def _known_density(data) -> Optional[str]:
@@ -299,7 +299,7 @@ def prdc_ref(ctx: EvalContext) -> dict:
 def mmd(ctx: EvalContext) -> dict:
     """Unbiased MMD^2, Gaussian kernel with a fixed bandwidth: the median pairwise distance of the test split."""
     h = median_bandwidth(ctx.data.test[:2000])
-    return {**_two_sample(ctx, lambda a, b, ids: mmd2_unbiased(a, b, rbf_kernel(h), ids)), "bandwidth": h}
+    return {**_two_sample(ctx, lambda a, b: mmd2_unbiased(a, b, rbf_kernel(h))), "bandwidth": h}
 
 
 @register("energy", _points, version=2)

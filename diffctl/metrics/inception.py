@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import RESAMPLES, EvalContext, Skipped, register
+from . import EvalContext, Skipped, register
 from .distances import chunked_frechet, gaussian_stats, kid as kid_distance
 
 log = logging.getLogger("diffctl.metrics")
@@ -214,12 +214,12 @@ def _inception(ctx: EvalContext) -> _Features:
         raise ValueError(f"fid, kid and is need num_samples >= {n} (the test-split size, for an equal-count floor); got {len(samples)}")
     if m["samples"] is None or m["samples"][0] is not samples:  # holding the tensor keeps the identity check sound
         m["samples"] = (samples, *extract(m["net"], samples, ctx.device))
-    info = {k: v for k, v in m["info"].items() if k not in ("sha256_full", "torch_fidelity")}
+    info = {k: v for k, v in m["info"].items() if k != "sha256_full"}
     return _Features(info, m["train"], m["test"], m["samples"][1], m["samples"][2], n, m["floors"])
 
 
 def _common(f: _Features) -> dict:
-    return {"feature_extractor": f.info, "torch_fidelity": importlib.metadata.version("torch-fidelity")}
+    return {"feature_extractor": {k: v for k, v in f.info.items() if k != "torch_fidelity"}, "torch_fidelity": f.info["torch_fidelity"]}
 
 
 @register("fid", _rgb_images)
@@ -228,10 +228,10 @@ def fid(ctx: EvalContext) -> dict:
 
     Generated samples are scored in chunks of the test-split size and averaged, so the value and
     its floor (held-out test images vs train) are measured at the same sample count; ``err`` and
-    ``floor_err`` are bootstrap errors (as for fd_ref).
+    ``floor_err`` are jackknife errors (as for fd_ref).
     """
     f = _inception(ctx)
-    result = chunked_frechet(f.gen, f.test["features"], f.train["features"], RESAMPLES, ctx.seed)
+    result = chunked_frechet(f.gen, f.test["features"], f.train["features"], ctx.seed)
     return {**result, "n_train": len(f.train["features"]), **_common(f)}
 
 
@@ -239,28 +239,29 @@ def fid(ctx: EvalContext) -> dict:
 def kid(ctx: EvalContext) -> dict:
     """KID: unbiased MMD^2, cubic polynomial kernel, in Inception pool3 features, generated vs train.
 
-    Mean and std (``err``) over 100 subsets of min(100, test-split size) items (reported as is,
+    The published protocol: mean and std over 100 subsets of min(100, test-split size) items
+    (``subset_std``: the spread of one subset's estimate, not the mean's error; reported as is,
     not x1000); the floor is the test split vs train with the same subset size.
     """
     f = _inception(ctx)
     m = min(100, f.n)
-    value, err = kid_distance(f.gen, f.train["features"], subset_size=m, seed=ctx.seed)
-    floor, floor_err = f.floor(("kid", m, ctx.seed), lambda: kid_distance(f.test["features"], f.train["features"], subset_size=m, seed=ctx.seed))
-    return {"value": value, "err": err, "subset_size": m, "n": len(f.gen), "floor": floor, "floor_err": floor_err, "floor_n": f.n,
-            **_common(f)}
+    value, std = kid_distance(f.gen, f.train["features"], subset_size=m, seed=ctx.seed)
+    floor, floor_std = f.floor(("kid", m, ctx.seed), lambda: kid_distance(f.test["features"], f.train["features"], subset_size=m, seed=ctx.seed))
+    return {"value": value, "subset_std": std, "subset_size": m, "n": len(f.gen), "floor": floor, "floor_subset_std": floor_std,
+            "floor_n": f.n, **_common(f)}
 
 
 @register("is", _rgb_images)
 def is_(ctx: EvalContext) -> dict:
     """Inception Score of all generated samples (higher is better; at most 1008 classes).
 
-    ``err`` is the std over splits; ``floor`` is the score of the held-out test split
-    (``floor_n`` images), what real images get; the score grows with n, so read value and floor
-    with both counts in mind.
+    ``split_std`` is the std over splits (the published protocol); ``floor`` is the score of the
+    held-out test split (``floor_n`` images), what real images get; the score grows with n, so
+    read value and floor with both counts in mind.
     """
     f = _inception(ctx)
     splits = min(IS_SPLITS, f.n)
-    value, err = inception_score(f.gen_logits, splits)
-    floor, floor_err = f.floor(("is", splits), lambda: inception_score(f.test["logits"], splits))
-    return {"value": value, "err": err, "splits": splits, "n": len(f.gen_logits), "floor": floor, "floor_err": floor_err, "floor_n": f.n,
-            **_common(f)}
+    value, std = inception_score(f.gen_logits, splits)
+    floor, floor_std = f.floor(("is", splits), lambda: inception_score(f.test["logits"], splits))
+    return {"value": value, "split_std": std, "splits": splits, "n": len(f.gen_logits), "floor": floor, "floor_split_std": floor_std,
+            "floor_n": f.n, **_common(f)}
