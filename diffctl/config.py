@@ -50,6 +50,7 @@ class UNetConfig:
     attn_resolutions: List[int] = field(default_factory=lambda: [4])  # feature-map sizes with self-attention
     dropout: float = 0.0
     heads: int = 4  # attention heads
+    num_classes: int = 0  # > 0: class-conditional with a null label (classifier-free guidance); the dataset's class count
 
 
 @dataclass
@@ -65,6 +66,7 @@ class MLPConfig:
     hidden: int = 256  # width of the residual blocks
     depth: int = 3  # number of residual blocks
     dropout: float = 0.0
+    num_classes: int = 0  # > 0: class-conditional with a null label (classifier-free guidance)
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ class TrainerConfig:
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
+    cond_drop_prob: float = 0.1  # class-conditional models: probability of training with the null label (classifier-free guidance)
 
 
 @dataclass
@@ -242,6 +245,19 @@ class TrainConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    scale: float = 1.0  # classifier-free guidance w: 1 = the conditional model, 0 = unconditional, > 1 stronger
+    rescale: float = 0.0  # phi in [0, 1]: guidance rescale (Lin et al. 2024) against over-saturation at large w
+
+
+@dataclass
+class InpaintConfig:
+    image: Any = None  # a test-split index or a PNG path: the image to edit
+    mask: Optional[str] = None  # the region to regenerate: left | right | top | bottom | center, or a PNG (white = regenerate)
+    resample: int = 1  # RePaint: repeat each (DDPM) step this many times, re-noising in between
+
+
+@dataclass
 class SampleConfig:
     sampler: Any = None
     model: Any = None  # only model=oracle (with dataset=, schedule=): a checkpoint brings its own
@@ -255,6 +271,9 @@ class SampleConfig:
     seed: int = 0  # image i uses seed + i
     ema: bool = True  # sample with the EMA weights
     device: str = "auto"
+    classes: Any = None  # class-conditional models: all, [3, 7] (cycled over the images) or 3; None: unconditional (the null label)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
 
 @dataclass
@@ -274,6 +293,8 @@ class EvalConfig:
     ema: bool = True
     device: str = "auto"
     inception_weights: Optional[str] = None  # TF-Inception weights file for fid/kid/is (also env DIFFCTL_INCEPTION_WEIGHTS)
+    classes: Any = None  # class-conditional models: all, [3, 7] or 3; None: unconditional samples
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 
 @dataclass
@@ -361,8 +382,10 @@ BOUNDS = {
     "num_samples": (1, True), "batch_size": (1, True), "rows": (2, True),
     "sampler.eta": (0, True), "sampler.order": (1, True), "sampler.S_churn": (0, True), "sampler.S_noise": (0, True),
     "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "loss.sigma_data": (0, False),
+    "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
+    "inpaint.resample": (1, True),
 }
-UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1}
+UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1}
 
 
 def validate(cfg: DictConfig) -> None:

@@ -86,8 +86,12 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 cache["x"] = quantize(x, data.levels)
             return cache["x"]
 
+        def labels():
+            samples()
+            return torch.tensor(cache["info"]["labels"]) if "labels" in cache["info"] else None
+
         ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
-                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise)
+                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels)
         row = {}
         for name in active:
             metric = METRICS[name]
@@ -108,6 +112,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         last = cache.get("x")
     report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
               "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"],
+              "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
+              "guidance": OmegaConf.to_container(cfg.guidance),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
     if len(rows) > 1:
         report["grid"] = rows

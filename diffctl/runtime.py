@@ -83,6 +83,7 @@ class Source:
     info: dict  # provenance written into sample.json / metrics.json
     net: Optional[torch.nn.Module] = None  # the network (None for the oracle)
     prediction: str = "x0"
+    num_classes: int = 0  # > 0: denoise(x, sigma, y) takes class labels; label num_classes is the null label
 
     def describe(self) -> str:
         if "checkpoint" in self.info:
@@ -105,7 +106,8 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
         if data.oracle is None:
             raise UsageError(f"model=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm or dataset=digits_gmm")
         schedule = cfg.schedule if cfg.get("schedule") is not None else load_option("schedule", "linear")
-        return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name})
+        return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name},
+                      num_classes=data.oracle.num_classes)
     if cfg.get("dataset") is not None or cfg.get("schedule") is not None:
         raise UsageError("dataset= and schedule= apply to model=oracle only; a checkpoint brings its own")
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
@@ -113,4 +115,5 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     data = load_dataset(trained.cfg.dataset)
     prediction = trained.cfg.model.prediction
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), prediction), trained.alpha_bar, data,
-                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction)
+                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction,
+                  trained.cfg.model.get("num_classes", 0))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .core.guidance import classifier_free, inpainting, repaint
 from .core.samplers import get_sampler
 from .core.schedules import sampling_sigmas, sigma_to_t
-from .io.images import save_samples
+from .errors import UsageError
+from .io.images import save_inpaint_grid, save_samples
 from .io.rundir import write_json
 from .progress import progress_bar
 from .runtime import Source, load_source, resolve_device
@@ -46,6 +49,38 @@ def visited_timesteps(sigmas: torch.Tensor, alpha_bar: torch.Tensor) -> list:
     return [int(round(v)) if abs(v - round(v)) < 1e-6 else round(v, 3) for v in t]
 
 
+def class_labels(count: int, classes) -> torch.Tensor:
+    """The requested class of image i: ``classes`` cycled (so image i's class does not depend on batching)."""
+    classes = list(classes)
+    return torch.tensor([classes[i % len(classes)] for i in range(count)], dtype=torch.long)
+
+
+@dataclass
+class Conditioning:
+    """What steers generation: class labels per image with classifier-free guidance, and/or inpainting."""
+
+    labels: Optional[torch.Tensor] = None  # [num_samples] requested classes (None: unconditional)
+    null: int = 0  # the model's null label (= its num_classes)
+    scale: float = 1.0  # guidance.scale w: 1 = conditional, 0 = unconditional
+    rescale: float = 0.0  # guidance.rescale phi
+    known: Optional[torch.Tensor] = None  # [C, H, W] clean image whose masked pixels are kept
+    mask: Optional[torch.Tensor] = None  # [C, H, W], 1 = known
+    resample: int = 1  # RePaint resampling
+
+    def denoiser(self, denoise: Callable, start: int, count: int, noise: "PerImageNoise") -> Callable:
+        d = denoise
+        if self.labels is not None:
+            d = classifier_free(denoise, self.labels[start:start + count], self.null, self.scale, self.rescale)
+        if self.known is not None:
+            d = inpainting(d, self.known.expand(count, *self.known.shape), self.mask.expand(count, *self.mask.shape), noise())
+        return d
+
+    @property
+    def passes(self) -> int:
+        """Network passes per denoiser call."""
+        return 2 if self.labels is not None and self.scale not in (0.0, 1.0) else 1
+
+
 class CountingDenoiser:
     """Wraps D(x, sigma): counts calls (NFE per batch) and optionally clamps x0_hat to [-1, 1]."""
 
@@ -72,6 +107,7 @@ def generate(
     device: torch.device = torch.device("cpu"),
     bounded: bool = False,
     on_step: Optional[Callable[[], None]] = None,
+    cond: Optional[Conditioning] = None,
 ) -> tuple[torch.Tensor, dict]:
     """Sample ``num_samples`` items of ``shape`` with the denoiser D(x, sigma) on a schedule.
 
@@ -86,28 +122,121 @@ def generate(
                     "any error (see docs/samplers.md); prefer sampler.spacing=karras with a schedule of moderate sigma_max, "
                     "or dpmpp_2m / unipc", sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
-    counted = CountingDenoiser(denoise, clip)
     callback = (lambda *a: on_step()) if on_step else None
-    out = []
+    out, calls = [], 0
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         noise = PerImageNoise(seed, start, count, shape, device)
         x = noise() * sigmas[0]  # x_T = sigma_max z in the scaled variable x = x_t / sqrt(alpha_bar_t)
-        out.append(sampler(counted, x, sigmas, noise=noise, callback=callback, **sampler_options(sampler_cfg)).float().cpu())
-    batches = (num_samples + batch_size - 1) // batch_size
-    info = {"sampler": sampler_cfg.name, "steps": steps, "spacing": sampler_cfg.spacing, "clip": clip, "nfe": counted.calls // max(batches, 1),
+        counted = CountingDenoiser(cond.denoiser(denoise, start, count, noise) if cond else denoise, clip)
+        if cond is not None and cond.resample > 1:
+            x = repaint(counted, x, sigmas, resample=cond.resample, noise=noise, callback=callback)
+        else:
+            x = sampler(counted, x, sigmas, noise=noise, callback=callback, **sampler_options(sampler_cfg))
+        out.append(x.float().cpu())
+        calls = counted.calls
+    info = {"sampler": sampler_cfg.name if not (cond and cond.resample > 1) else f"repaint (ddpm, resample {cond.resample})",
+            "steps": steps, "spacing": sampler_cfg.spacing, "clip": clip, "nfe": calls * (cond.passes if cond else 1),
             "timesteps": visited_timesteps(sigmas, alpha_bar)}
     return torch.cat(out), info
 
 
+MASKS = ("left", "right", "top", "bottom", "center")
+
+
+def _region_mask(name: str, shape: tuple) -> torch.Tensor:
+    """1 where the named region is to be regenerated, over ``[C, H, W]``."""
+    c, h, w = shape
+    m = torch.zeros(shape)
+    region = {"left": (slice(None), slice(0, w // 2)), "right": (slice(None), slice(w // 2, None)),
+              "top": (slice(0, h // 2), slice(None)), "bottom": (slice(h // 2, None), slice(None)),
+              "center": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}[name]
+    m[:, region[0], region[1]] = 1
+    return m
+
+
+def _png(path: str, shape: tuple, what: str) -> torch.Tensor:
+    """A PNG as ``[C, H, W]`` in [-1, 1], checked against the data's shape."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what}={path}: not a readable image ({e})") from None
+    c, h, w = shape
+    if img.size != (w, h):
+        raise UsageError(f"{what}={path} is {img.size[0]}x{img.size[1]}; this model's images are {w}x{h}")
+    arr = torch.from_numpy(__import__("numpy").asarray(img.convert("L" if c == 1 else "RGB"), dtype="float32")).reshape(h, w, c)
+    return arr.permute(2, 0, 1) / 127.5 - 1
+
+
+def conditioning(cfg: DictConfig, source: Source) -> Optional[Conditioning]:
+    """Labels (``classes``, ``guidance``) and inpainting (``inpaint``) from a sample/eval config, checked."""
+    data, n = source.data, cfg.num_samples
+    classes, g = cfg.get("classes"), cfg.guidance
+    labels = None
+    if classes is None:
+        if g.scale != 1.0 or g.rescale:
+            raise UsageError("guidance.* steers towards classes: add classes=all or classes=[3,7] (a class-conditional model)")
+    elif source.num_classes == 0:
+        raise UsageError("classes= needs a class-conditional model (train it with model.num_classes=N); this one is unconditional")
+    else:
+        if classes == "all":
+            classes = list(range(source.num_classes))
+        elif OmegaConf.is_list(classes):
+            classes = list(classes)
+        else:
+            classes = [classes]
+        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < source.num_classes]
+        if bad or not classes:
+            raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {source.num_classes - 1}]")
+        labels = class_labels(n, classes)
+    inp = cfg.get("inpaint")
+    known = mask = None
+    if inp is not None and (inp.image is not None or inp.mask is not None):
+        if inp.image is None or inp.mask is None:
+            raise UsageError("inpainting needs both inpaint.image=<test index | PNG> and inpaint.mask=<region | PNG>")
+        if not data.is_image:
+            raise UsageError("inpainting needs image data")
+        if isinstance(inp.image, int):
+            if not 0 <= inp.image < len(data.test):
+                raise UsageError(f"inpaint.image={inp.image}: the test split has images 0..{len(data.test) - 1}")
+            known = data.test[inp.image]
+        else:
+            known = _png(str(inp.image), data.shape, "inpaint.image")
+        if inp.mask in MASKS:
+            hole = _region_mask(inp.mask, data.shape)
+        elif str(inp.mask).lower().endswith(".png"):
+            hole = (_png(str(inp.mask), data.shape, "inpaint.mask") > 0).float()
+        else:
+            raise UsageError(f"inpaint.mask={inp.mask}: choose {', '.join(MASKS)} or a PNG file (white = regenerate)")
+        mask = 1 - hole  # 1 = known
+    elif inp is not None and inp.resample > 1:
+        raise UsageError("inpaint.resample needs inpaint.image and inpaint.mask")
+    if labels is None and known is None:
+        return None
+    return Conditioning(labels, source.num_classes, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1)
+
+
 def sample_with_progress(source: Source, cfg: DictConfig, device: torch.device, steps: int, sampler_cfg: DictConfig | None = None):
-    """``generate`` from a sample/eval config, with a progress bar; returns (samples, info, seconds)."""
+    """``generate`` from a sample/eval config, with a progress bar; returns (samples, info, seconds).
+
+    ``info["labels"]`` lists the requested class of each sample for a class-conditional model.
+    """
     sampler_cfg = sampler_cfg if sampler_cfg is not None else cfg.sampler
+    cond = conditioning(cfg, source)
     t0 = time.perf_counter()
-    total = steps * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
+    resample = cond.resample if cond is not None else 1
+    total = steps * resample * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
     with progress_bar(f"sampling {sampler_cfg.name} x{steps}", total) as advance:
         samples, info = generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
-                                 seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None, on_step=advance)
+                                 seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
+                                 on_step=advance, cond=cond)
+    if cond is not None and cond.labels is not None:
+        info.update(labels=cond.labels.tolist(), guidance={"scale": cond.scale, "rescale": cond.rescale})
+    if cond is not None and cond.known is not None:
+        info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample, "known": cond.known, "keep": cond.mask}
     return samples, info, time.perf_counter() - t0
 
 
@@ -120,6 +249,14 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     data = source.data
     log.info("visited timesteps: %s", info["timesteps"])
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
+    if "inpaint" in info:
+        inp = info.pop("inpaint")
+        files["inpaint"] = str(save_inpaint_grid(inp["known"], inp["keep"], samples, run_dir / "inpaint.png"))
+        info["inpaint"] = {k: inp[k] for k in ("image", "mask", "resample")}
+        kept = (samples - inp["known"]).abs().mul(inp["keep"]).amax().item()
+        log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
+    if "labels" in info:
+        log.info("classes %s with guidance scale %s", sorted(set(info["labels"])), cfg.guidance.scale)
     record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(seconds, 3), **source.info, **files}
     write_json(run_dir / "sample.json", record)
     log.info("%d samples in %.1fs (%s, %d steps, NFE %d)", cfg.num_samples, seconds, cfg.sampler.name, cfg.steps, info["nfe"])

@@ -20,7 +20,7 @@ from .io.rundir import CKPT_DIR, MetricsLog
 from .models import build_model, count_parameters
 from .progress import progress_bar
 from .runtime import autocast, resolve_device, resolve_precision, schedule_alpha_bar
-from .sample import generate
+from .sample import Conditioning, class_labels, generate
 
 log = logging.getLogger("diffctl.train")
 
@@ -122,6 +122,12 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     return found[-1]
 
 
+def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
+    """Classifier-free training: each label becomes the null label with probability ``p``."""
+    drop = torch.rand(len(y), generator=generator).to(y.device) < p
+    return torch.where(drop, torch.full_like(y, null), y)
+
+
 class Trainer:
     """Holds the state of one training run; ``fit()`` runs it to ``trainer.steps``."""
 
@@ -135,6 +141,13 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batches and timesteps
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
+        self.num_classes = cfg.model.get("num_classes", 0)
+        if self.num_classes:
+            if self.data.train_labels is None or self.num_classes != self.data.num_classes:
+                have = f"{self.data.num_classes} classes" if self.data.train_labels is not None else "no labels"
+                raise UsageError(f"model.num_classes={self.num_classes}, but dataset={self.data.name} has {have}; "
+                                 f"use model.num_classes={self.data.num_classes if self.data.train_labels is not None else 0}")
+            self.train_y = self.data.train_labels.to(self.device)
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(self.device)
         self.net = build_model(cfg.model, self.data.shape).to(self.device)
@@ -192,9 +205,13 @@ class Trainer:
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
         sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
         x0 = self.train_x[idx]
+        net = self.net
+        if self.num_classes:
+            y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen)
+            net = lambda x, t: self.net(x, t, y)
         noise = torch.randn_like(x0)
         with autocast(self.device, self.precision):
-            loss = weighted_loss(self.net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
+            loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
         if not torch.isfinite(loss):
             raise UsageError(f"loss is {loss.item()} at step {self.step + 1}; stopped without checkpointing (last good checkpoint kept). Lower optim.lr or use trainer.precision=fp32")
         self.opt.zero_grad(set_to_none=True)
@@ -214,8 +231,9 @@ class Trainer:
         tc = self.cfg.trainer
         sampler_cfg = self.cfg.sampler
         denoise = Denoiser(self.ema.model, self.alpha_bar.to(self.device), self.cfg.model.prediction)
+        cond = Conditioning(class_labels(tc.num_grid, range(self.num_classes)), self.num_classes) if self.num_classes else None
         samples, _ = generate(denoise, self.alpha_bar, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
-                              self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None)
+                              self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None, cond=cond)
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         path = folder / f"step_{self.step:08d}.png"

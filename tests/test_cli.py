@@ -42,6 +42,8 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
 
     sample = run_folder(diffctl("sample", "ckpt=latest", "steps=5", "num_samples=6", "batch_size=4"))
+    refused = diffctl("sample", "ckpt=latest", "classes=[3]", check=False)  # this model is unconditional
+    assert refused.returncode == 2 and "classes= needs a class-conditional model" in refused.stderr
     info = json.loads((sample / "sample.json").read_text())
     assert info["nfe"] == 5 and info["timesteps"][0] == 999 and info["checkpoint"].endswith("step_00000004.pt")
     images = np.load(sample / "samples.npz")["images"]
@@ -58,7 +60,7 @@ def test_train_sample_eval_inspect_end_to_end(diffctl):
     assert report["metrics"]["test_loss"]["value"] > 0
     fd = report["metrics"]["fd_ref"]
     assert fd["value"] > fd["floor"] > 0 and fd["n"] == 300 and fd["reference"]["test_accuracy"] > 0.9
-    assert set(report["skipped"]) == {"swd", "mmd", "energy", "logp_true", "fid", "kid", "is"}
+    assert set(report["skipped"]) == {"swd", "mmd", "energy", "logp_true", "fid", "kid", "is", "cond_acc"}
     assert report["skipped"]["swd"] == "needs 2-D point data" and "no Inception weights on disk" in report["skipped"]["fid"]
     prdc = report["metrics"]["prdc_ref"]
     assert 0 <= prdc["precision"] <= 1 and 0 <= prdc["coverage"] <= 1 and prdc["floor_all"]["recall"] > 0.5
@@ -236,3 +238,34 @@ def test_eval_vlb_in_bits_per_dim(diffctl):
     v = json.loads((folder / "metrics.json").read_text())["metrics"]["vlb"]
     assert v["n"] == 300 and v["levels"] == 17 and v["uniform_bpd"] == pytest.approx(np.log2(17))
     assert 0 < v["decoder_bpd"] < v["value"] and v["prior_bpd"] >= 0 and v["stderr"] > 0
+
+
+@pytest.mark.slow
+def test_class_conditional_training_guided_sampling_and_inpainting(diffctl):
+    train = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0", "model.num_classes=10"))
+    guided = run_folder(diffctl("sample", f"ckpt={train}", "steps=4", "num_samples=6", "classes=[3,7]", "guidance.scale=2"))
+    info = json.loads((guided / "sample.json").read_text())
+    assert info["labels"] == [3, 7, 3, 7, 3, 7] and info["nfe"] == 8 and info["guidance"] == {"scale": 2.0, "rescale": 0.0}
+    ev = run_folder(diffctl("eval", f"ckpt={train}", "steps=2", "num_samples=300", "classes=all", "guidance.scale=1.5",
+                            "metrics=[cond_acc,fd_ref]"))
+    acc = json.loads((ev / "metrics.json").read_text())["metrics"]["cond_acc"]
+    assert 0 <= acc["value"] <= 1 and acc["n"] == 300 and sorted(map(int, acc["per_class"])) == list(range(10)) and acc["floor"] > 0.9
+
+    inp = diffctl("sample", f"ckpt={train}", "steps=4", "num_samples=4", "inpaint.image=5", "inpaint.mask=center", "inpaint.resample=2")
+    folder = run_folder(inp)
+    assert (folder / "inpaint.png").exists() and "known pixels changed by at most 0" in inp.stdout + inp.stderr
+    images = np.load(folder / "samples.npz")["images"][..., 0].astype(int)
+    assert (images[:, :2, :] == images[0, :2, :]).all()  # the rows outside the centre hole are the same known pixels in every sample
+
+    for args, message in [
+        (["guidance.scale=3"], "guidance.* steers towards classes"),
+        (["classes=[3,12]"], "class indices in [0, 9]"),
+        (["inpaint.image=0"], "needs both inpaint.image"),
+        (["inpaint.image=0", "inpaint.mask=diagonal"], "inpaint.mask=diagonal"),
+        (["inpaint.image=9999", "inpaint.mask=left"], "the test split has images 0..299"),
+        (["inpaint.resample=3"], "inpaint.resample needs inpaint.image"),
+    ]:
+        proc = diffctl("sample", "model=oracle", "dataset=digits_gmm", *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    proc = diffctl("train", *TINY_TRAIN, "model.num_classes=4", check=False)
+    assert proc.returncode == 2 and "model.num_classes=4, but dataset=digits has 10 classes" in proc.stderr

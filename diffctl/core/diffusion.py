@@ -73,11 +73,12 @@ class Denoiser:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
         self.net, self.alpha_bar, self.prediction = net, alpha_bar.double(), prediction
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``y``: class labels ``[N]`` for a class-conditional network (its null label: unconditional)."""
         sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
         alpha_bar_t = 1 / (1 + sigma**2)
         t = sigma_to_t(sigma, self.alpha_bar.to(sigma.device))
         x_t = x * _bcast(alpha_bar_t.sqrt(), x)
-        out = self.net(x_t.float(), t.float()).to(x.dtype)
+        out = (self.net(x_t.float(), t.float()) if y is None else self.net(x_t.float(), t.float(), y)).to(x.dtype)
         x0, _ = output_to_x0_eps(self.prediction, out, x_t, alpha_bar_t)
         return x0

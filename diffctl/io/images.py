@@ -49,6 +49,15 @@ def save_scatter(points: torch.Tensor, path: Path, reference: torch.Tensor | Non
     plt.close(fig)
 
 
+def save_inpaint_grid(known: torch.Tensor, keep: torch.Tensor, samples: torch.Tensor, path: Path, per_row: int = 6) -> Path:
+    """Rows of: the input image, the masked input (the region to regenerate in mid grey), ``per_row`` results."""
+    masked = known * keep  # the region to regenerate shows as 0: mid grey in [-1, 1]
+    rows = [torch.cat([known[None], masked[None], samples[i:i + per_row].float()]) for i in range(0, min(len(samples), 4 * per_row), per_row)]
+    rows = [torch.cat([r, torch.zeros(per_row + 2 - len(r), *known.shape)]) for r in rows]  # pad the last row
+    save_grid(torch.cat(rows), path, nrow=per_row + 2)
+    return path
+
+
 def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "") -> dict:
     """Write ``grid.png`` and ``samples.npz`` (``images`` uint8 [N,H,W,C], or ``x`` float [N,2])."""
     run_dir = Path(run_dir)

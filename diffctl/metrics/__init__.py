@@ -36,6 +36,7 @@ class EvalContext:
     memo: dict = field(default_factory=dict)  # work shared by metrics and grid cells (pass the same dict)
     options: dict = field(default_factory=dict)  # metric settings from the config, e.g. inception_weights
     denoise: Optional[Callable] = None  # D(x, sigma) of the network or the oracle
+    labels: Callable[[], Optional[torch.Tensor]] = lambda: None  # the requested class of each sample (conditional sampling)
 
 
 class Skipped(Exception):
@@ -145,6 +146,25 @@ def fd_ref(ctx: EvalContext) -> dict:
         "mean_confidence": probs.max(1).values.mean().item(),
         "reference": info,
     }
+
+
+@register("cond_acc", _images_with_classes)
+@torch.no_grad()
+def cond_acc(ctx: EvalContext) -> dict:
+    """Conditional accuracy: how often the reference classifier assigns a sample its requested class.
+
+    ``floor`` is the classifier's accuracy on held-out real images (what samples of the right
+    class can score); ``per_class`` the accuracy for each requested class; ``err`` binomial.
+    """
+    labels = ctx.labels()
+    if labels is None:
+        raise Skipped("the samples are unconditional: sample a class-conditional model with classes=all (or [3,7])")
+    net, info, _, _, samples = _reference(ctx)
+    hit = (net(samples).argmax(1) == labels).double()
+    p = hit.mean().item()
+    per_class = {int(c): round(hit[labels == c].mean().item(), 4) for c in labels.unique()}
+    return {"value": p, "err": (p * (1 - p) / len(hit)) ** 0.5, "floor": info["test_accuracy"], "n": len(hit), "per_class": per_class,
+            "reference": info}
 
 
 @register("kid_ref", _images_with_classes, version=2)

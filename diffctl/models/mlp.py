@@ -5,25 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .unet import timestep_embedding
+from .unet import ClassEmbedding, timestep_embedding
 
 
 class MLP(nn.Module):
-    """(x [N, D], t [N]) -> [N, D]: input and time embedding projected, then residual SiLU blocks."""
+    """(x [N, D], t [N], labels [N] or None) -> [N, D]: input and time (+ label) embedding projected, then residual SiLU blocks."""
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, time_dim: int = 64, dropout: float = 0.0):
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, time_dim: int = 64, dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
         self.time_dim = time_dim
         self.inp = nn.Linear(dim, hidden)
         self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.label = ClassEmbedding(num_classes, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x) + self.time(timestep_embedding(t, self.time_dim))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x) + self.label(self.time(timestep_embedding(t, self.time_dim)), y)
         for block in self.blocks:
             h = h + block(h)
         return self.out(h)

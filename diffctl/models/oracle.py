@@ -32,10 +32,20 @@ class GMMDenoiser:
         d2 = torch.cdist(x.flatten(1).double(), mu).pow(2)  # [N, K]
         return torch.softmax(self.log_w.to(x.device) - d2 / (2 * var[:, None]), dim=1)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        return len(self.means)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x0 | x], or E[x0 | x, component y] where ``y`` (``[N]``) names a component; the null label
+        ``num_classes`` (or ``y=None``) is the whole mixture: the exact class-conditional denoiser."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
         var = self.std**2 + sigma**2
         p = self._responsibilities(x, var)
+        if y is not None:
+            y = y.to(x.device)
+            given = y < self.num_classes
+            p = torch.where(given[:, None], torch.nn.functional.one_hot(y.clamp(max=self.num_classes - 1), self.num_classes).to(p), p)
         mean_mu = (p @ self.means.to(x.device).flatten(1)).view_as(x)  # sum_k p(k|x) mu_k
         v = var.view(-1, *([1] * (x.ndim - 1)))
         s2 = sigma.view_as(v) ** 2

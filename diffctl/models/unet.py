@@ -68,6 +68,25 @@ class Attention(nn.Module):
         return x + self.proj(out).reshape(n, c, h, w)
 
 
+class ClassEmbedding(nn.Module):
+    """Adds a learned label embedding to the time embedding; label ``num_classes`` (also ``y=None``)
+    is the null label of classifier-free guidance.  With ``num_classes = 0`` it does nothing."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim) if num_classes else None
+
+    def forward(self, emb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.table is None:
+            if y is not None:
+                raise ValueError("this model is unconditional (trained without model.num_classes); it takes no class labels")
+            return emb
+        if y is None:
+            y = torch.full((len(emb),), self.num_classes, dtype=torch.long, device=emb.device)
+        return emb + self.table(y)
+
+
 class UNet(nn.Module):
     """UNet over ``len(channel_mult)`` resolutions; attention where the feature map is in ``attn_resolutions``."""
 
@@ -81,6 +100,7 @@ class UNet(nn.Module):
         attn_resolutions: Sequence[int] = (4,),
         dropout: float = 0.0,
         heads: int = 4,
+        num_classes: int = 0,
     ):
         super().__init__()
         if image_size % 2 ** (len(channel_mult) - 1):
@@ -90,6 +110,7 @@ class UNet(nn.Module):
         self.channels = channels
         emb_dim = 4 * channels
         self.time_embed = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = ClassEmbedding(num_classes, emb_dim)
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         def stage(c_in, c_out, res):
@@ -128,8 +149,8 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.channels))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.label_embed(self.time_embed(timestep_embedding(t, self.channels)), y)
         h = self.stem(x)
         hs = [h]
         for layers in self.down:

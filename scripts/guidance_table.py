@@ -1,0 +1,77 @@
+"""Table and plot of an evaluation sweep over guidance scales.
+
+    diffctl eval -m ckpt=<conditional run> classes=all guidance.scale=0,1,2,4 metrics=[cond_acc,fd_ref,prdc_ref]
+    python scripts/guidance_table.py outputs/eval/multirun/<date>/<time>
+
+Reads every job's ``metrics.json`` and writes ``guidance.md`` and ``guidance.png`` into the sweep
+folder: per guidance scale, the conditional accuracy (the reference classifier agrees with the
+requested class), fd_ref (quality and diversity against the train split) and precision / recall,
+each with its error bar and real-vs-real floor. The trade-off of guidance is visible there:
+accuracy and precision go up with w while recall (diversity) goes down and fd_ref rises.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    sweep = Path(sys.argv[1])
+    reports = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    if not reports:
+        raise SystemExit(f"no */metrics.json under {sweep}: pass the folder of a 'diffctl eval -m guidance.scale=...' sweep")
+    reports.sort(key=lambda r: (r["guidance"]["rescale"], r["guidance"]["scale"]))
+    pm = lambda m, key="value", err="err": f"{m[key]:.3f} ± {m[err]:.3f}" if m.get(err) is not None else f"{m[key]:.3f}"
+    lines = ["| w | rescale | NFE | cond_acc | fd_ref | precision | recall |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for r in reports:
+        m = r["metrics"]
+        acc, fd, pr = m.get("cond_acc"), m.get("fd_ref"), m.get("prdc_ref")
+        rows.append({"w": r["guidance"]["scale"], "rescale": r["guidance"]["rescale"], "acc": acc, "fd": fd, "pr": pr})
+        lines.append(f"| {r['guidance']['scale']:g} | {r['guidance']['rescale']:g} | {r['nfe']} | {pm(acc) if acc else ''} | "
+                     f"{pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {pr['recall']:.3f} ± {pr['errors']['recall']:.3f} |" if pr else "")
+    first = reports[0]["metrics"]
+    floors = []
+    if "cond_acc" in first:
+        floors.append(f"cond_acc: reference classifier on held-out digits {first['cond_acc']['floor']:.3f}")
+    if "fd_ref" in first:
+        floors.append(f"fd_ref: {first['fd_ref']['floor']:.2f} ± {first['fd_ref']['floor_err']:.2f}")
+    if "prdc_ref" in first:
+        f = first["prdc_ref"]["floor_all"]
+        floors.append(f"precision {f['precision']:.3f}, recall {f['recall']:.3f}")
+    text = "\n".join(lines) + f"\n\n{reports[0]['num_samples']} samples per scale; real-vs-real floors: " + "; ".join(floors) + ".\n"
+    (sweep / "guidance.md").write_text(text)
+    print(text)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = [r for r in rows if r["rescale"] == 0]
+    w = [r["w"] for r in plain]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
+    for ax, key, part, title in ((axes[0], "acc", "value", "conditional accuracy"), (axes[1], "fd", "value", "fd_ref (lower is better)"),
+                                 (axes[2], "pr", None, "precision / recall")):
+        if part is None:
+            for name in ("precision", "recall"):
+                ax.errorbar(w, [r["pr"][name] for r in plain], yerr=[r["pr"]["errors"][name] for r in plain], marker="o", capsize=3, label=name)
+            ax.legend()
+        elif all(r[key] for r in plain):
+            ax.errorbar(w, [r[key]["value"] for r in plain], yerr=[r[key].get("err") or 0 for r in plain], marker="o", capsize=3)
+            ax.axhline(plain[0][key]["floor"], color="gray", ls="--", label="real vs real")
+            ax.legend()
+        ax.set_xlabel("guidance scale w")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(sweep / "guidance.png")
+    print(f"wrote {sweep / 'guidance.md'} and {sweep / 'guidance.png'}")
+
+
+if __name__ == "__main__":
+    main()

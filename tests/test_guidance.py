@@ -1,0 +1,105 @@
+"""Guidance and inpainting: the wrappers' formulas, and their effect on the exact Gaussian-mixture oracle."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffctl.config import load_option
+from diffctl.core.guidance import classifier_free, inpainting
+from diffctl.core.samplers import SAMPLERS
+from diffctl.core.schedules import make_alpha_bar
+from diffctl.data import load_dataset
+from diffctl.sample import Conditioning, class_labels, generate
+from diffctl.train import drop_labels
+
+
+def _sampler(name: str, spacing: str = "trailing"):
+    return OmegaConf.merge(load_option("sampler", name), {"spacing": spacing})
+
+
+def _component(oracle, x: torch.Tensor) -> torch.Tensor:
+    """The mixture component each point most likely came from."""
+    d2 = torch.cdist(x.flatten(1).double(), oracle.means.flatten(1))
+    return d2.argmin(1)
+
+
+def test_classifier_free_combines_conditional_and_unconditional_predictions():
+    calls = []
+
+    def fake(x, sigma, y):  # conditional: x + y; unconditional (null = 9): x
+        calls.append(len(x))
+        return x + torch.where(y == 9, 0.0, y.double())[:, None]
+
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([1, 2, 3, 4])
+    sigma = torch.tensor(0.7, dtype=torch.float64)
+    for w in (0.0, 1.0, 2.5):
+        calls.clear()
+        out = classifier_free(fake, y, 9, w)(x, sigma)
+        assert torch.allclose(out, x + w * y.double()[:, None])
+        assert calls == ([4] if w in (0.0, 1.0) else [8])  # w = 0 or 1: one pass; else both in one batch
+    # rescale (Lin et al. 2024, Alg. 2) on the eps prediction: eps_cond = A, eps_uncond = B
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    eps_of = lambda y_: torch.where((y_ == 9)[:, None], torch.cat([B, B])[: len(y_)], torch.cat([A, A])[: len(y_)])
+    fake_eps = lambda x_, s, y_: x_ - s.reshape(-1, 1) * eps_of(y_)
+    w, phi = 4.0, 0.7
+    cfg_eps = B + w * (A - B)
+    rescaled = cfg_eps * A.std(1, keepdim=True) / cfg_eps.std(1, keepdim=True)
+    out = classifier_free(fake_eps, y, 9, w, phi)(x, sigma)
+    assert torch.allclose((x - out) / sigma, phi * rescaled + (1 - phi) * cfg_eps)
+
+
+def test_guided_oracle_samples_land_in_the_requested_component():
+    data = load_dataset(load_option("dataset", "digits_gmm"))
+    oracle, ab = data.oracle, make_alpha_bar("linear", 1000)
+    for name in ("ddim", "dpmpp_2m", "euler_ancestral"):
+        for w in (1.0, 3.0):
+            cond = Conditioning(class_labels(40, [3, 7]), oracle.num_classes, w)
+            x, info = generate(oracle, ab, _sampler(name), 20, 40, data.shape, cond=cond)
+            assert (_component(oracle, x) == cond.labels).all(), (name, w)
+            assert info["nfe"] == 20 * (2 if w != 1.0 else 1)
+    # w = 0 is the unconditional model: the requested classes do not matter, all components appear
+    x, _ = generate(oracle, ab, _sampler("ddim"), 20, 200, data.shape, cond=Conditioning(class_labels(200, [3]), oracle.num_classes, 0.0))
+    assert len(set(_component(oracle, x).tolist())) >= 8
+
+
+def test_label_dropout_rate_is_honoured():
+    y = torch.randint(0, 10, (40_000,), generator=torch.Generator().manual_seed(0))
+    for p in (0.0, 0.1, 0.5, 1.0):
+        dropped = drop_labels(y, p, 10, torch.Generator().manual_seed(1))
+        rate = (dropped == 10).double().mean().item()
+        assert rate == pytest.approx(p, abs=0.01)
+        assert torch.equal(dropped[dropped != 10], y[dropped != 10])  # kept labels are untouched
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_inpainting_leaves_the_known_pixels_unchanged(name):
+    data = load_dataset(load_option("dataset", "digits_gmm"))
+    known, keep = data.test[0], torch.ones(data.shape)
+    keep[:, :, :4] = 0  # regenerate the left half
+    cond = Conditioning(known=known, mask=keep)
+    x, _ = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler(name), 10, 6, data.shape, cond=cond)
+    assert ((x - known) * keep).abs().max().item() < 1e-5
+    assert ((x - known) * (1 - keep)).abs().max().item() > 0.1  # and the rest was generated
+
+
+def test_repaint_resampling_keeps_known_pixels_and_costs_n_times():
+    data = load_dataset(load_option("dataset", "digits_gmm"))
+    known, keep = data.test[1], torch.ones(data.shape)
+    keep[:, :4] = 0  # regenerate the top half
+    x, info = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler("ddpm"), 10, 4, data.shape,
+                       cond=Conditioning(known=known, mask=keep, resample=3))
+    assert ((x - known) * keep).abs().max().item() < 1e-6 and info["nfe"] == 30 and info["sampler"].startswith("repaint")
+
+
+def test_inpainting_wrapper_feeds_the_noised_known_region():
+    seen = {}
+
+    def spy(x, sigma):
+        seen["x"] = x.clone()
+        return torch.zeros_like(x)
+
+    known, keep, z = torch.ones(1, 4), torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.full((1, 4), 0.5)
+    out = inpainting(spy, known, keep, z)(torch.full((1, 4), 7.0), torch.tensor(2.0))
+    assert torch.equal(seen["x"], torch.tensor([[2.0, 2.0, 7.0, 7.0]]))  # known + sigma z where known, x elsewhere
+    assert torch.equal(out, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
