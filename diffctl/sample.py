@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -123,7 +124,7 @@ def generate(
                     "or dpmpp_2m / unipc", sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
     callback = (lambda *a: on_step()) if on_step else None
-    out, calls = [], 0
+    out, calls = [], 0  # calls: denoiser calls per image (every batch makes the same number)
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         noise = PerImageNoise(seed, start, count, shape, device)
@@ -167,7 +168,7 @@ def _png(path: str, shape: tuple, what: str) -> torch.Tensor:
     c, h, w = shape
     if img.size != (w, h):
         raise UsageError(f"{what}={path} is {img.size[0]}x{img.size[1]}; this model's images are {w}x{h}")
-    arr = torch.from_numpy(__import__("numpy").asarray(img.convert("L" if c == 1 else "RGB"), dtype="float32")).reshape(h, w, c)
+    arr = torch.from_numpy(np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32)).reshape(h, w, c)
     return arr.permute(2, 0, 1) / 127.5 - 1
 
 

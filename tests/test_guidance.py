@@ -103,3 +103,32 @@ def test_inpainting_wrapper_feeds_the_noised_known_region():
     out = inpainting(spy, known, keep, z)(torch.full((1, 4), 7.0), torch.tensor(2.0))
     assert torch.equal(seen["x"], torch.tensor([[2.0, 2.0, 7.0, 7.0]]))  # known + sigma z where known, x elsewhere
     assert torch.equal(out, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+
+
+def test_inpainting_inputs_from_png_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffctl.errors import UsageError
+    from diffctl.runtime import Source
+    from diffctl.sample import conditioning
+
+    data = load_dataset(load_option("dataset", "digits_gmm"))
+    source = Source(data.oracle, make_alpha_bar("linear", 1000), data, {}, num_classes=10)
+    img = np.zeros((8, 8), np.uint8)
+    img[2:6, 3:5] = 255
+    hole = np.zeros((8, 8), np.uint8)
+    hole[:, 6:] = 255  # white = regenerate the two right columns
+    Image.fromarray(img).save(tmp_path / "img.png")
+    Image.fromarray(hole).save(tmp_path / "hole.png")
+    cfg = lambda **inp: OmegaConf.create({"num_samples": 4, "classes": None, "guidance": {"scale": 1.0, "rescale": 0.0},
+                                          "inpaint": {"image": None, "mask": None, "resample": 1, **inp}})
+    cond = conditioning(cfg(image=str(tmp_path / "img.png"), mask=str(tmp_path / "hole.png")), source)
+    assert cond.known.shape == (1, 8, 8) and cond.known[0, 3, 3] == 1 and cond.known[0, 0, 0] == -1
+    assert cond.mask[0, :, 6:].sum() == 0 and cond.mask[0, :, :6].sum() == 48  # 1 = known
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(UsageError, match="is 9x9; this model's images are 8x8"):
+        conditioning(cfg(image=str(tmp_path / "big.png"), mask="left"), source)
+    (tmp_path / "bad.png").write_text("not a png")
+    with pytest.raises(UsageError, match="not a readable image"):
+        conditioning(cfg(image=str(tmp_path / "bad.png"), mask="left"), source)
