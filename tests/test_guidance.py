@@ -132,3 +132,13 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     (tmp_path / "bad.png").write_text("not a png")
     with pytest.raises(UsageError, match="not a readable image"):
         conditioning(cfg(image=str(tmp_path / "bad.png"), mask="left"), source)
+
+
+def test_checkpoints_from_before_conditioning_still_build():
+    # a model config saved before model.num_classes existed: an unconditional model, not "Missing key"
+    from diffctl.models import build_model
+
+    old = OmegaConf.create({"arch": "unet", "prediction": "eps", "channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
+                            "attn_resolutions": [4], "dropout": 0.0, "heads": 4})
+    net = build_model(old, (1, 8, 8))
+    assert net.label_embed.table is None and net(torch.zeros(2, 1, 8, 8), torch.zeros(2)).shape == (2, 1, 8, 8)

@@ -26,12 +26,12 @@ def build_model(model_cfg, data_shape) -> nn.Module:
             attn_resolutions=tuple(model_cfg.attn_resolutions),
             dropout=model_cfg.dropout,
             heads=model_cfg.heads,
-            num_classes=model_cfg.num_classes,
+            num_classes=model_cfg.get("num_classes", 0),  # checkpoints from before conditioning lack the key
         )
     if arch == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model arch 'mlp' needs vector data [D]; this dataset is {list(data_shape)}: use a unet model")
-        return MLP(dim=data_shape[0], hidden=model_cfg.hidden, depth=model_cfg.depth, dropout=model_cfg.dropout, num_classes=model_cfg.num_classes)
+        return MLP(dim=data_shape[0], hidden=model_cfg.hidden, depth=model_cfg.depth, dropout=model_cfg.dropout, num_classes=model_cfg.get("num_classes", 0))
     if arch == "oracle":
         raise ValueError("model=oracle is the exact denoiser of dataset=gmm or digits_gmm: use it with diffctl sample or eval (no training needed)")
     raise ValueError(f"unknown model arch {arch!r}; choose from {list(ARCHS)}")
