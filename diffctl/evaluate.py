@@ -70,6 +70,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise UsageError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRICS)}")
+    if cfg.inception_weights and not Path(str(cfg.inception_weights)).expanduser().is_file():
+        raise UsageError(f"inception_weights={cfg.inception_weights}: no such file (the TF-Inception weights for fid / kid / is)")
     grid = _grid(cfg)
     source = load_source(cfg, device)
     data = source.data
@@ -199,6 +201,9 @@ def _lines(name: str, r: dict) -> list[tuple[str, str, str, str]]:
 
 def _print_table(report: dict, rows: list[dict]) -> None:
     title = f"{report['dataset']}" + (f" @ step {report['checkpoint_step']}" if "checkpoint_step" in report else " (oracle)")
+    if report.get("classes") is not None:
+        title += f", classes={report['classes']}, guidance w={report['guidance']['scale']:g}" + (
+            f" rescale {report['guidance']['rescale']:g}" if report["guidance"]["rescale"] else "")
     table = Table(title=f"{title}, {report['num_samples']} samples")
     for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):
         table.add_column(col)

@@ -120,7 +120,7 @@ def generate(
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
     if sampler_cfg.name == "heun" and len(sigmas) > 2 and sigmas[1] > 0 and sigmas[0] / sigmas[1] > 50:
         log.warning("heun's first step goes from sigma %.3g to %.3g: its trapezoidal correction over so long a step amplifies "
-                    "any error (see docs/samplers.md); prefer sampler.spacing=karras with a schedule of moderate sigma_max, "
+                    "any error, and trained models then give noise, not images (see docs/samplers.md); use sampler.spacing=karras with a schedule of moderate sigma_max, "
                     "or dpmpp_2m / unipc", sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
     callback = (lambda *a: on_step()) if on_step else None
@@ -193,6 +193,8 @@ def conditioning(cfg: DictConfig, source: Source) -> Optional[Conditioning]:
         if bad or not classes:
             raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {source.num_classes - 1}]")
         labels = class_labels(n, classes)
+        if g.rescale and g.scale == 1.0:
+            log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
     inp = cfg.get("inpaint")
     known = mask = None
     if inp is not None and (inp.image is not None or inp.mask is not None):
@@ -213,6 +215,9 @@ def conditioning(cfg: DictConfig, source: Source) -> Optional[Conditioning]:
         else:
             raise UsageError(f"inpaint.mask={inp.mask}: choose {', '.join(MASKS)} or a PNG file (white = regenerate)")
         mask = 1 - hole  # 1 = known
+        if inp.resample > 1 and cfg.sampler.name != "ddpm":
+            log.warning("inpaint.resample=%d: RePaint takes DDPM steps; sampler=%s is not used", inp.resample, cfg.sampler.name)
+        log.info("inpainting %s: regenerating %d of %d pixels", inp.image, int(hole.sum()), hole.numel())
     elif inp is not None and inp.resample > 1:
         raise UsageError("inpaint.resample needs inpaint.image and inpaint.mask")
     if labels is None and known is None:
@@ -257,8 +262,8 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
         kept = (samples - inp["known"]).abs().mul(inp["keep"]).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
     if "labels" in info:
-        log.info("classes %s with guidance scale %s", sorted(set(info["labels"])), cfg.guidance.scale)
+        log.info("classes %s with guidance scale %s, rescale %s", sorted(set(info["labels"])), cfg.guidance.scale, cfg.guidance.rescale)
     record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(seconds, 3), **source.info, **files}
     write_json(run_dir / "sample.json", record)
-    log.info("%d samples in %.1fs (%s, %d steps, NFE %d)", cfg.num_samples, seconds, cfg.sampler.name, cfg.steps, info["nfe"])
+    log.info("%d samples in %.1fs (%s, %d steps, NFE %d)", cfg.num_samples, seconds, info["sampler"], cfg.steps, info["nfe"])
     return record

@@ -141,6 +141,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["sample", "ckpt=/no/such/run"], "ckpt=/no/such/run: no such file or folder"),
     (["sample", "ckpt=latest"], "no train run with a checkpoint"),
     (["eval", "metrics=[fd_ref,nope]"], "unknown metric(s) ['nope']"),
+    (["eval", "model=oracle", "dataset=digits_gmm", "inception_weights=/nonexistent.pth"], "inception_weights=/nonexistent.pth: no such file"),
     (["train", "resume=/no/such/run"], "resume=/no/such/run: no such run folder"),
     (["sample", "model=unet_small"], "only model=oracle"),
     (["sample", "model=oracle"], "model=oracle needs dataset=gmm or dataset=digits_gmm"),
@@ -249,7 +250,7 @@ def test_class_conditional_training_guided_sampling_and_inpainting(diffctl):
     ev = run_folder(diffctl("eval", f"ckpt={train}", "steps=2", "num_samples=300", "classes=all", "guidance.scale=1.5",
                             "metrics=[cond_acc,fd_ref]"))
     acc = json.loads((ev / "metrics.json").read_text())["metrics"]["cond_acc"]
-    assert 0 <= acc["value"] <= 1 and acc["n"] == 300 and sorted(map(int, acc["per_class"])) == list(range(10)) and acc["floor"] > 0.9
+    assert 0 <= acc["value"] <= 1 and acc["err"] > 0 and acc["n"] == 300 and sorted(map(int, acc["per_class"])) == list(range(10)) and acc["floor"] > 0.9
 
     inp = diffctl("sample", f"ckpt={train}", "steps=4", "num_samples=4", "inpaint.image=5", "inpaint.mask=center", "inpaint.resample=2")
     folder = run_folder(inp)

@@ -153,8 +153,10 @@ def fd_ref(ctx: EvalContext) -> dict:
 def cond_acc(ctx: EvalContext) -> dict:
     """Conditional accuracy: how often the reference classifier assigns a sample its requested class.
 
-    ``floor`` is the classifier's accuracy on held-out real images (what samples of the right
-    class can score); ``per_class`` the accuracy for each requested class; ``err`` binomial.
+    ``floor`` is the classifier's accuracy on held-out real images (what real digits of the
+    right class score; prototypical guided samples can exceed it); ``per_class`` the accuracy for
+    each requested class; ``err`` the binomial standard error with Wilson's correction, which
+    stays above 0 at 0 or n hits.
     """
     labels = ctx.labels()
     if labels is None:
@@ -163,7 +165,8 @@ def cond_acc(ctx: EvalContext) -> dict:
     hit = (net(samples).argmax(1) == labels).double()
     p = hit.mean().item()
     per_class = {int(c): round(hit[labels == c].mean().item(), 4) for c in labels.unique()}
-    return {"value": p, "err": (p * (1 - p) / len(hit)) ** 0.5, "floor": info["test_accuracy"], "n": len(hit), "per_class": per_class,
+    n = len(hit)
+    return {"value": p, "err": (p * (1 - p) / n + 1 / (4 * n * n)) ** 0.5 / (1 + 1 / n), "floor": info["test_accuracy"], "n": n, "per_class": per_class,
             "reference": info}
 
 
