@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.diffusion import output_to_x0_eps, q_sample, training_target
-from .distances import (bootstrap_std, chunked_frechet, jackknife_std, cubic_kernel, energy_distance, median_bandwidth, mmd2_unbiased, prdc,
+from .distances import (bootstrap_std, chunked_frechet, cubic_kernel, energy_distance, jackknife_std, median_bandwidth, mmd2_unbiased, prdc,
                         rbf_kernel, sliced_wasserstein, within_mean)
 from .reference import reference_classifier
 
@@ -185,20 +185,22 @@ def kid_ref(ctx: EvalContext) -> dict:
     scale = train.pow(2).mean().sqrt()
     fake, train, test = net.features(samples) / scale, train / scale, test / scale
     train_within = within_mean(cubic_kernel, train)
-    kid = lambda x: (lambda ids=None: mmd2_unbiased(x if ids is None else x[ids], train, cubic_kernel, train_within))
-    return {"value": kid(fake)(), "err": jackknife_std(kid(fake), len(fake), seed=ctx.seed),
-            "floor": kid(test)(), "floor_err": jackknife_std(kid(test), len(test), seed=ctx.seed + 1),
-            "n": len(fake), "floor_n": len(test), "reference": info}
+    kid = lambda x: mmd2_unbiased(x, train, cubic_kernel, train_within)
+    return {**_with_floor(kid, fake, test, ctx.seed), "n": len(fake), "floor_n": len(test), "reference": info}
+
+
+def _with_floor(stat: Callable[[torch.Tensor], float], gen: torch.Tensor, real: torch.Tensor, seed: int) -> dict:
+    """``stat`` of the generated set (value) and of held-out real data (floor), each with its
+    jackknife error over that set's items."""
+    return {"value": stat(gen), "err": jackknife_std(lambda ids: stat(gen[ids]), len(gen), seed=seed),
+            "floor": stat(real), "floor_err": jackknife_std(lambda ids: stat(real[ids]), len(real), seed=seed + 1)}
 
 
 def _two_sample(ctx: EvalContext, fn) -> dict:
-    """``fn(a, b)`` for samples vs test split and, as the floor, train vs test at the same count,
-    each with its jackknife error over the first set's items."""
+    """``fn(a, b)`` for samples vs test split and, as the floor, train vs test at the same count."""
     samples, test, train = ctx.samples(), ctx.data.test, ctx.data.train
     n = min(len(samples), len(test), len(train))
-    samples, train, test = samples[:n], train[:n], test[:n]
-    return {"value": fn(samples, test), "err": jackknife_std(lambda ids: fn(samples[ids], test), n, seed=ctx.seed),
-            "floor": fn(train, test), "floor_err": jackknife_std(lambda ids: fn(train[ids], test), n, seed=ctx.seed + 1), "n": n}
+    return {**_with_floor(lambda a: fn(a, test[:n]), samples[:n], train[:n], ctx.seed), "n": n}
 
 
 @register("swd", _points, version=2)
