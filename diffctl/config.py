@@ -241,6 +241,7 @@ class TrainConfig:
     paths: Any = None
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    task: str = "diffusion"  # diffusion | classifier: a noise-aware classifier of the dataset's classes, for guidance.classifier=
     resume: str = "auto"  # auto: continue from this run folder's newest checkpoint | never | <run folder or file>
 
 
@@ -248,6 +249,8 @@ class TrainConfig:
 class GuidanceConfig:
     scale: float = 1.0  # classifier-free guidance w: 1 = the conditional model, 0 = unconditional, > 1 stronger
     rescale: float = 0.0  # phi in [0, 1]: guidance rescale (Lin et al. 2024) against over-saturation at large w
+    classifier: Optional[str] = None  # classifier guidance: a task=classifier checkpoint | run folder | latest | oracle (model=oracle)
+    classifier_scale: float = 1.0  # s in D + s sigma^2 grad log p(y | x): 1 = Bayes' rule with the classifier, > 1 sharper
 
 
 @dataclass
@@ -370,6 +373,7 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
     "sampler.spacing": ("leading", "trailing", "linspace", "karras"),
     "optim.decay": ("constant", "cosine"),
+    "task": ("diffusion", "classifier"),
 }
 
 
@@ -383,6 +387,7 @@ BOUNDS = {
     "sampler.eta": (0, True), "sampler.order": (1, True), "sampler.S_churn": (0, True), "sampler.S_noise": (0, True),
     "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "loss.sigma_data": (0, False),
     "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
+    "guidance.classifier_scale": (0, True),
     "inpaint.resample": (1, True),
 }
 UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1}

@@ -25,7 +25,7 @@ from .io.images import save_grid, save_scatter
 from .io.rundir import write_json
 from .metrics import METRICS, EvalContext, Skipped, skip_reason
 from .runtime import load_source, resolve_device
-from .sample import sample_with_progress
+from .sample import describe_guidance, sample_with_progress
 
 log = logging.getLogger("diffctl.eval")
 
@@ -78,7 +78,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
-    rows, once, timings, memo = [], {}, {}, {}
+    rows, once, timings, memo, first_info = [], {}, {}, {}, {}
     for sampler_cfg, steps in grid:
         cache = {}
 
@@ -112,10 +112,11 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})
         rows.append({"sampler": info["sampler"], "steps": steps, "nfe": info["nfe"], "spacing": sampler_cfg.spacing, "metrics": row})
         last = cache.get("x")
+        first_info = first_info or cache.get("info", {})
     report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
-              "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"],
+              "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"], "classifier_nfe": first_info.get("classifier_nfe", 0),
               "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
-              "guidance": OmegaConf.to_container(cfg.guidance),
+              "guidance": first_info.get("guidance", OmegaConf.to_container(cfg.guidance)),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
     if len(rows) > 1:
         report["grid"] = rows
@@ -202,8 +203,7 @@ def _lines(name: str, r: dict) -> list[tuple[str, str, str, str]]:
 def _print_table(report: dict, rows: list[dict]) -> None:
     title = f"{report['dataset']}" + (f" @ step {report['checkpoint_step']}" if "checkpoint_step" in report else " (oracle)")
     if report.get("classes") is not None:
-        title += f", classes={report['classes']}, guidance w={report['guidance']['scale']:g}" + (
-            f" rescale {report['guidance']['rescale']:g}" if report["guidance"]["rescale"] else "")
+        title += f", classes={report['classes']}, {describe_guidance(report['guidance'])}"
     table = Table(title=f"{title}, {report['num_samples']} samples")
     for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):
         table.add_column(col)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -10,11 +11,13 @@ from typing import Callable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.diffusion import Denoiser
+from .core.diffusion import Denoiser, NoisyClassifier
 from .core.schedules import make_alpha_bar
 from .errors import UsageError
 from .io.checkpoint import load_checkpoint
 from .models import build_model
+
+log = logging.getLogger("diffctl.sample")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,20 +60,28 @@ class Trained:
     cfg: DictConfig  # the training run's resolved config
     alpha_bar: torch.Tensor  # float64 [T]
     step: int
+    data_shape: tuple
+    num_classes: int  # classes of the dataset it was trained on (0: unlabelled)
 
 
-def load_trained(path: Path, device: torch.device, ema: bool = True) -> Trained:
-    """Rebuild model and schedule from the config stored in the checkpoint at ``path``."""
+def load_trained(path: Path, device: torch.device, ema: bool = True, task: str = "diffusion") -> Trained:
+    """Rebuild model and schedule from the config stored in the checkpoint at ``path``; it must be a
+    run of ``task`` (a diffusion model, or a noise-aware classifier)."""
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
+    found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
+    if found != task:
+        raise UsageError(f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}" if task == "diffusion"
+                         else f"guidance.classifier={path} is a diffusion model, not a classifier: train one with 'diffctl train task=classifier'")
     data_shape = tuple(state["data_shape"])
-    net = build_model(cfg.model, data_shape)
+    net = build_model(cfg.model, data_shape, classify=state["num_classes"] if task == "classifier" else 0)
     key = "ema" if ema and state.get("ema") is not None else "model"
     try:
         net.load_state_dict(state[key])
     except RuntimeError as e:
         raise UsageError(f"{path}: weights do not match the model in its config ({str(e).splitlines()[0]})") from None
-    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]))
+    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]),
+                   data_shape=data_shape, num_classes=int(state.get("num_classes", 0)))
 
 
 @dataclass
@@ -117,3 +128,33 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), prediction), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction,
                   trained.cfg.model.get("num_classes", 0))
+
+
+@dataclass
+class Classifier:
+    """A noise-aware classifier for classifier guidance: ``log_prob(x, sigma)`` -> log p(y | x, sigma) ``[N, K]``."""
+
+    log_prob: Callable
+    num_classes: int
+    info: dict
+
+
+def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.device) -> Classifier:
+    """``guidance.classifier=``: a ``task=classifier`` checkpoint, run folder or ``latest``; or ``oracle``,
+    the exact posterior over the components of a ``model=oracle`` mixture."""
+    from .io.rundir import resolve_checkpoint
+
+    if spec == "oracle":
+        if source.net is not None or source.data.oracle is None:
+            raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with model=oracle dataset=gmm|digits_gmm")
+        return Classifier(source.data.oracle.log_posterior, source.data.oracle.num_classes, {"classifier": "oracle"})
+    path = resolve_checkpoint(spec, Path(cfg.paths.output_root), key="guidance.classifier", task="classifier")
+    trained = load_trained(path, device, ema=cfg.ema, task="classifier")
+    data = source.data
+    if trained.data_shape != data.shape or trained.num_classes != data.num_classes:
+        raise UsageError(f"guidance.classifier={spec}: it classifies {trained.num_classes} classes of {list(trained.data_shape)} data "
+                         f"(dataset={trained.cfg.dataset.name}); this model makes {list(data.shape)} data of dataset={data.name}")
+    if trained.cfg.dataset.name != data.name:
+        log.warning("guidance.classifier was trained on dataset=%s, the model on dataset=%s", trained.cfg.dataset.name, data.name)
+    return Classifier(NoisyClassifier(trained.net, trained.alpha_bar.to(device)), trained.num_classes,
+                      {"classifier": str(path), "classifier_step": trained.step})

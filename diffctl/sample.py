@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.guidance import classifier_free, inpainting, repaint
+from .core.guidance import classifier_free, classifier_guided, inpainting, repaint
 from .core.samplers import get_sampler
 from .core.schedules import sampling_sigmas, sigma_to_t
 from .errors import UsageError
 from .io.images import save_inpaint_grid, save_samples
 from .io.rundir import write_json
 from .progress import progress_bar
-from .runtime import Source, load_source, resolve_device
+from .runtime import Source, load_classifier, load_source, resolve_device
 
 log = logging.getLogger("diffctl.sample")
 
@@ -58,20 +58,25 @@ def class_labels(count: int, classes) -> torch.Tensor:
 
 @dataclass
 class Conditioning:
-    """What steers generation: class labels per image with classifier-free guidance, and/or inpainting."""
+    """What steers generation: class labels per image with classifier-free and/or classifier guidance, and/or inpainting."""
 
     labels: Optional[torch.Tensor] = None  # [num_samples] requested classes (None: unconditional)
-    null: int = 0  # the model's null label (= its num_classes)
+    null: int = 0  # the model's null label (= its num_classes; 0: an unconditional model, no classifier-free guidance)
     scale: float = 1.0  # guidance.scale w: 1 = conditional, 0 = unconditional
     rescale: float = 0.0  # guidance.rescale phi
     known: Optional[torch.Tensor] = None  # [C, H, W] clean image whose masked pixels are kept
     mask: Optional[torch.Tensor] = None  # [C, H, W], 1 = known
     resample: int = 1  # RePaint resampling
+    classifier: Optional[Callable] = None  # log p(y | x, sigma) [N, K] of a noise-aware classifier: classifier guidance
+    classifier_scale: float = 1.0
+    classifier_info: dict = field(default_factory=dict)  # which classifier (checkpoint and step), for the records
 
     def denoiser(self, denoise: Callable, start: int, count: int, noise: "PerImageNoise") -> Callable:
         d = denoise
-        if self.labels is not None:
+        if self.labels is not None and self.null:
             d = classifier_free(denoise, self.labels[start:start + count], self.null, self.scale, self.rescale)
+        if self.classifier is not None:
+            d = classifier_guided(d, self.classifier, self.labels[start:start + count], self.classifier_scale)
         if self.known is not None:
             d = inpainting(d, self.known.expand(count, *self.known.shape), self.mask.expand(count, *self.mask.shape), noise())
         return d
@@ -79,7 +84,12 @@ class Conditioning:
     @property
     def passes(self) -> int:
         """Network passes per denoiser call."""
-        return 2 if self.labels is not None and self.scale not in (0.0, 1.0) else 1
+        return 2 if self.labels is not None and self.null and self.scale not in (0.0, 1.0) else 1
+
+    @property
+    def classifier_passes(self) -> int:
+        """Classifier gradients (forward + backward) per denoiser call."""
+        return int(self.classifier is not None and self.classifier_scale != 0.0)
 
 
 class CountingDenoiser:
@@ -138,6 +148,7 @@ def generate(
         calls = counted.calls
     info = {"sampler": sampler_cfg.name if not (cond and cond.resample > 1) else f"repaint (ddpm, resample {cond.resample})",
             "steps": steps, "spacing": sampler_cfg.spacing, "clip": clip, "nfe": calls * (cond.passes if cond else 1),
+            "classifier_nfe": calls * (cond.classifier_passes if cond else 0),
             "timesteps": visited_timesteps(sigmas, alpha_bar)}
     return torch.cat(out), info
 
@@ -172,26 +183,35 @@ def _png(path: str, shape: tuple, what: str) -> torch.Tensor:
     return arr.permute(2, 0, 1) / 127.5 - 1
 
 
-def conditioning(cfg: DictConfig, source: Source) -> Optional[Conditioning]:
+def conditioning(cfg: DictConfig, source: Source, device: torch.device = torch.device("cpu")) -> Optional[Conditioning]:
     """Labels (``classes``, ``guidance``) and inpainting (``inpaint``) from a sample/eval config, checked."""
     data, n = source.data, cfg.num_samples
     classes, g = cfg.get("classes"), cfg.guidance
-    labels = None
+    labels = classifier = None
     if classes is None:
-        if g.scale != 1.0 or g.rescale:
-            raise UsageError("guidance.* steers towards classes: add classes=all or classes=[3,7] (a class-conditional model)")
-    elif source.num_classes == 0:
-        raise UsageError("classes= needs a class-conditional model (train it with model.num_classes=N); this one is unconditional")
+        if g.scale != 1.0 or g.rescale or g.classifier is not None:
+            raise UsageError("guidance.* steers towards classes: add classes=all or classes=[3,7]")
     else:
+        if g.classifier is not None:
+            classifier = load_classifier(str(g.classifier), cfg, source, device)
+            if source.num_classes and source.num_classes != classifier.num_classes:
+                raise UsageError(f"guidance.classifier has {classifier.num_classes} classes, the model {source.num_classes}")
+        elif source.num_classes == 0:
+            raise UsageError("classes= needs a class-conditional model (model.num_classes=N) or a classifier "
+                             "(guidance.classifier=<a 'diffctl train task=classifier' run>); this model is unconditional")
+        if source.num_classes == 0 and (g.scale != 1.0 or g.rescale):
+            raise UsageError("guidance.scale and guidance.rescale are classifier-free guidance, for a class-conditional model; "
+                             "steer this unconditional one with guidance.classifier_scale")
+        num_classes = source.num_classes or classifier.num_classes
         if classes == "all":
-            classes = list(range(source.num_classes))
+            classes = list(range(num_classes))
         elif OmegaConf.is_list(classes):
             classes = list(classes)
         else:
             classes = [classes]
-        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < source.num_classes]
+        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
         if bad or not classes:
-            raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {source.num_classes - 1}]")
+            raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {num_classes - 1}]")
         labels = class_labels(n, classes)
         if g.rescale and g.scale == 1.0:
             log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
@@ -222,7 +242,8 @@ def conditioning(cfg: DictConfig, source: Source) -> Optional[Conditioning]:
         raise UsageError("inpaint.resample needs inpaint.image and inpaint.mask")
     if labels is None and known is None:
         return None
-    return Conditioning(labels, source.num_classes, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1)
+    return Conditioning(labels, source.num_classes, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
+                        classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {})
 
 
 def sample_with_progress(source: Source, cfg: DictConfig, device: torch.device, steps: int, sampler_cfg: DictConfig | None = None):
@@ -231,7 +252,7 @@ def sample_with_progress(source: Source, cfg: DictConfig, device: torch.device, 
     ``info["labels"]`` lists the requested class of each sample for a class-conditional model.
     """
     sampler_cfg = sampler_cfg if sampler_cfg is not None else cfg.sampler
-    cond = conditioning(cfg, source)
+    cond = conditioning(cfg, source, device)
     t0 = time.perf_counter()
     resample = cond.resample if cond is not None else 1
     total = steps * resample * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
@@ -240,10 +261,23 @@ def sample_with_progress(source: Source, cfg: DictConfig, device: torch.device, 
                                  seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
                                  on_step=advance, cond=cond)
     if cond is not None and cond.labels is not None:
-        info.update(labels=cond.labels.tolist(), guidance={"scale": cond.scale, "rescale": cond.rescale})
+        guidance = {"scale": cond.scale, "rescale": cond.rescale} if cond.null else {}
+        if cond.classifier is not None:
+            guidance.update(classifier_scale=cond.classifier_scale, **cond.classifier_info)
+        info.update(labels=cond.labels.tolist(), guidance=guidance)
     if cond is not None and cond.known is not None:
         info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample, "known": cond.known, "keep": cond.mask}
     return samples, info, time.perf_counter() - t0
+
+
+def describe_guidance(g: dict) -> str:
+    """``guidance w=2`` / ``classifier guidance s=1 (path)`` from the guidance record of sample.json."""
+    parts = []
+    if "scale" in g:
+        parts.append(f"guidance w={g['scale']:g}" + (f" rescale {g['rescale']:g}" if g["rescale"] else ""))
+    if "classifier_scale" in g:
+        parts.append(f"classifier guidance s={g['classifier_scale']:g} ({g['classifier']})")
+    return ", ".join(parts)
 
 
 def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
@@ -262,8 +296,9 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
         kept = (samples - inp["known"]).abs().mul(inp["keep"]).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
     if "labels" in info:
-        log.info("classes %s with guidance scale %s, rescale %s", sorted(set(info["labels"])), cfg.guidance.scale, cfg.guidance.rescale)
+        log.info("classes %s with %s", sorted(set(info["labels"])), describe_guidance(info["guidance"]))
     record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(seconds, 3), **source.info, **files}
     write_json(run_dir / "sample.json", record)
-    log.info("%d samples in %.1fs (%s, %d steps, NFE %d)", cfg.num_samples, seconds, info["sampler"], cfg.steps, info["nfe"])
+    log.info("%d samples in %.1fs (%s, %d steps, NFE %d%s)", cfg.num_samples, seconds, info["sampler"], cfg.steps, info["nfe"],
+             f" + {info['classifier_nfe']} classifier gradients" if info["classifier_nfe"] else "")
     return record

@@ -11,11 +11,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .core.diffusion import Denoiser
-from .core.losses import LOSSES, weighted_loss
+from .core.losses import LOSSES, classifier_loss, weighted_loss
 from .data import load_dataset
 from .errors import UsageError
 from .io.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from .io.images import save_grid, save_scatter
+from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
 from .models import build_model, count_parameters
 from .progress import progress_bar
@@ -142,7 +142,14 @@ class Trainer:
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
         self.num_classes = cfg.model.get("num_classes", 0)
-        if self.num_classes:
+        self.classifier = cfg.task == "classifier"
+        if self.classifier:
+            if self.num_classes:
+                raise UsageError("task=classifier trains a noise-aware classifier of the dataset's classes: drop model.num_classes")
+            if self.data.train_labels is None:
+                raise UsageError(f"task=classifier needs a labelled dataset; dataset={self.data.name} has no labels (use digits, gmm or digits_gmm)")
+            self.train_y = self.data.train_labels.to(self.device)
+        elif self.num_classes:
             if self.data.train_labels is None or self.num_classes != self.data.num_classes:
                 have = f"{self.data.num_classes} classes" if self.data.train_labels is not None else "no labels"
                 raise UsageError(f"model.num_classes={self.num_classes}, but dataset={self.data.name} has {have}; "
@@ -150,10 +157,10 @@ class Trainer:
             self.train_y = self.data.train_labels.to(self.device)
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(self.device)
-        self.net = build_model(cfg.model, self.data.shape).to(self.device)
+        self.net = build_model(cfg.model, self.data.shape, classify=self.data.num_classes if self.classifier else 0).to(self.device)
         self.ema = EMA(self.net, cfg.trainer.ema_decay)
         self.sigma_sampler, self.weight = _loss_functions(cfg.loss)
-        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps":
+        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
         fused = self.device.type == "cuda"
@@ -177,6 +184,7 @@ class Trainer:
             "rng": _rng_state(self.gen),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "data_shape": list(self.data.shape),
+            "num_classes": self.data.num_classes,
         }
 
     def save(self) -> Path:
@@ -211,7 +219,10 @@ class Trainer:
             net = lambda x, t: self.net(x, t, y)
         noise = torch.randn_like(x0)
         with autocast(self.device, self.precision):
-            loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
+            if self.classifier:
+                loss = classifier_loss(self.net, x0, self.train_y[idx], sigma, noise, self.alpha_bar_dev).mean()
+            else:
+                loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
         if not torch.isfinite(loss):
             raise UsageError(f"loss is {loss.item()} at step {self.step + 1}; stopped without checkpointing (last good checkpoint kept). Lower optim.lr or use trainer.precision=fp32")
         self.opt.zero_grad(set_to_none=True)
@@ -225,6 +236,34 @@ class Trainer:
         self.ema.update(self.net)
         self.step += 1
         return loss.item(), grad_norm.item()
+
+    def snapshot(self) -> Path:
+        """A picture of the EMA model at this step: its samples, or a classifier's accuracy against noise."""
+        return self.accuracy_plot() if self.classifier else self.sample_grid()
+
+    @torch.no_grad()
+    def accuracy_plot(self) -> Path:
+        """Test accuracy of the EMA classifier at 11 timesteps (fixed noise), logged and plotted in ``samples/``."""
+        from .core.diffusion import NoisyClassifier
+
+        T = len(self.alpha_bar)
+        ts = torch.linspace(0, T - 1, 11).round().long()
+        sigmas = ((1 - self.alpha_bar[ts]) / self.alpha_bar[ts]).sqrt()
+        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev)
+        x0, y = self.data.test.to(self.device), self.data.test_labels.to(self.device)
+        z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
+        acc = []
+        for s in sigmas.tolist():
+            hits = sum((classify(x0[i:i + 500] + s * z[i:i + 500], torch.tensor(s)).argmax(1) == y[i:i + 500]).sum().item()
+                       for i in range(0, len(x0), 500))
+            acc.append(round(hits / len(x0), 4))
+        self.metrics.write(step=self.step, test_accuracy=dict(zip(map(str, ts.tolist()), acc)))
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"accuracy_{self.step:08d}.png"
+        save_accuracy_plot(ts.tolist(), acc, path, 1 / self.data.num_classes, title=f"noise-aware classifier, step {self.step}")
+        log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in zip(ts.tolist(), acc)))
+        return path
 
     def sample_grid(self) -> Path:
         """A grid (or scatter plot) of EMA samples at this step, in ``samples/``."""
@@ -266,13 +305,13 @@ class Trainer:
                                        grad_norm=grad_norm, img_per_s=round(len(window) * tc.batch_size / max(now - window_t0, 1e-9), 1))
                     window, window_t0 = [], now
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
-                    self.sample_grid()
+                    self.snapshot()
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
                     recent = sum(window) / len(window) if window else logged_loss
                     log.info("step %d: loss %.4f (mean since the last log line), checkpoint %s", self.step, recent, self.save().name)
         seconds = time.perf_counter() - t0
         path = self.save()
-        grid = self.sample_grid()
+        grid = self.snapshot()
         log.info("done: %d steps in %.1fs, final loss %.4f (mean of the last logged steps); checkpoint %s; samples %s",
                  self.step - start_step, seconds, logged_loss, path, grid)
         return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "checkpoint": str(path), "grid": str(grid)}

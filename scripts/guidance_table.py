@@ -1,13 +1,15 @@
-"""Table and plot of an evaluation sweep over guidance scales.
+"""Table and plot of an evaluation sweep over guidance scales (classifier-free w or classifier s).
 
     diffctl eval -m ckpt=<conditional run> classes=all guidance.scale=0,1,2,4 metrics=[cond_acc,fd_ref,prdc_ref]
+    diffctl eval -m ckpt=<run> classes=all guidance.classifier=<classifier run> guidance.classifier_scale=0,1,2,4 metrics=[...]
     python scripts/guidance_table.py outputs/eval/multirun/<date>/<time>
 
 Reads every job's ``metrics.json`` and writes ``guidance.md`` and ``guidance.png`` into the sweep
 folder: per guidance scale, the conditional accuracy (the reference classifier agrees with the
 requested class), fd_ref (quality and diversity against the train split) and precision / recall,
 each with its error bar and real-vs-real floor. The trade-off of guidance is visible there:
-accuracy and precision go up with w while recall (diversity) goes down and fd_ref rises.
+accuracy and precision go up with the scale while recall (diversity) goes down and fd_ref rises.
+A sweep whose jobs use a classifier is tabulated over the classifier scale s.
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ def main() -> None:
     reports = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     if not reports:
         raise SystemExit(f"no */metrics.json under {sweep}: pass the folder of a 'diffctl eval -m guidance.scale=...' sweep")
-    reports.sort(key=lambda r: (r["guidance"]["rescale"], r["guidance"]["scale"]))
+    kind = "classifier_scale" if any("classifier_scale" in r["guidance"] for r in reports) else "scale"
+    symbol, axis = ("s", "classifier guidance scale s") if kind == "classifier_scale" else ("w", "guidance scale w")
+    reports.sort(key=lambda r: (r["guidance"].get("rescale", 0), r["guidance"][kind]))
     pm = lambda m, key="value", err="err": f"{m[key]:.3f} ± {m[err]:.3f}" if m.get(err) is not None else f"{m[key]:.3f}"
-    lines = ["| w | rescale | NFE | cond_acc | fd_ref | precision | recall |", "|---|---|---|---|---|---|---|"]
+    second = "classifier gradients" if kind == "classifier_scale" else "rescale"
+    lines = [f"| {symbol} | {second} | NFE | cond_acc | fd_ref | precision | recall |", "|---|---|---|---|---|---|---|"]
     rows = []
     for r in reports:
-        m = r["metrics"]
+        m, g = r["metrics"], r["guidance"]
         acc, fd, pr = m.get("cond_acc"), m.get("fd_ref"), m.get("prdc_ref")
-        rows.append({"w": r["guidance"]["scale"], "rescale": r["guidance"]["rescale"], "acc": acc, "fd": fd, "pr": pr})
-        lines.append(f"| {r['guidance']['scale']:g} | {r['guidance']['rescale']:g} | {r['nfe']} | {pm(acc) if acc else ''} | "
+        rows.append({"w": g[kind], "rescale": g.get("rescale", 0), "acc": acc, "fd": fd, "pr": pr})
+        lines.append(f"| {g[kind]:g} | {r.get('classifier_nfe', 0) if kind == 'classifier_scale' else g['rescale']:g} | {r['nfe']} | {pm(acc) if acc else ''} | "
                      f"{pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {pr['recall']:.3f} ± {pr['errors']['recall']:.3f} |" if pr else "")
     first = reports[0]["metrics"]
     floors = []
@@ -65,7 +70,7 @@ def main() -> None:
             ax.errorbar(w, [r[key]["value"] for r in plain], yerr=[r[key].get("err") or 0 for r in plain], marker="o", capsize=3)
             ax.axhline(plain[0][key]["floor"], color="gray", ls="--", label="real vs real")
             ax.legend()
-        ax.set_xlabel("guidance scale w")
+        ax.set_xlabel(axis)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     fig.tight_layout()

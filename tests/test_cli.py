@@ -270,3 +270,54 @@ def test_class_conditional_training_guided_sampling_and_inpainting(diffctl):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
     proc = diffctl("train", *TINY_TRAIN, "model.num_classes=4", check=False)
     assert proc.returncode == 2 and "model.num_classes=4, but dataset=digits has 10 classes" in proc.stderr
+
+
+@pytest.mark.slow
+def test_classifier_training_and_classifier_guidance(diffctl):
+    diffusion = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0"))
+    clf = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0", "task=classifier"))
+    assert (clf / "samples" / "accuracy_00000004.png").exists() and not (clf / "samples" / "step_00000004.png").exists()
+    records = [json.loads(l) for l in (clf / "metrics.jsonl").read_text().splitlines()]
+    acc = [r["test_accuracy"] for r in records if "test_accuracy" in r][-1]
+    assert list(acc) == ["0", "100", "200", "300", "400", "500", "599", "699", "799", "899", "999"] and all(0 <= a <= 1 for a in acc.values())
+    # latest: the newest diffusion run for ckpt=, the newest classifier run for guidance.classifier=
+    out = run_folder(diffctl("sample", "ckpt=latest", "steps=3", "num_samples=4", "classes=[3]", "guidance.classifier=latest",
+                             "guidance.classifier_scale=2"))
+    info = json.loads((out / "sample.json").read_text())
+    assert info["checkpoint"].startswith(str(diffusion)) and info["guidance"]["classifier"].startswith(str(clf))
+    assert info["guidance"]["classifier_scale"] == 2 and info["labels"] == [3] * 4 and info["nfe"] == 3 and info["classifier_nfe"] == 3
+    for command, args, message in [
+        ("sample", [f"ckpt={clf}"], "is a noise-aware classifier (task=classifier): use it as guidance.classifier="),
+        ("sample", ["classes=all", f"guidance.classifier={diffusion}"], "is a diffusion model, not a classifier"),
+        ("sample", ["classes=all", "guidance.classifier=latest", "guidance.scale=2"], "steer this unconditional one with guidance.classifier_scale"),
+        ("sample", ["guidance.classifier=latest"], "guidance.* steers towards classes"),
+        ("sample", ["classes=all"], "or a classifier (guidance.classifier="),
+        ("sample", ["classes=all", "guidance.classifier=oracle"], "guidance.classifier=oracle is the exact posterior of a mixture"),
+        ("sample", ["classes=all", "guidance.classifier=latest", "guidance.classifier_scale=-1"], "guidance.classifier_scale=-1"),
+        ("train", ["task=classifier", "model.num_classes=10"], "drop model.num_classes"),
+        ("train", ["task=classifier", "dataset=swiss_roll", "model=mlp"], "dataset=swiss_roll has no labels"),
+        ("train", ["task=regression"], "task='regression' is not allowed"),
+    ]:
+        proc = diffctl(command, *(TINY_TRAIN if command == "train" else ["steps=2", "num_samples=2"]), *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+@pytest.mark.slow
+def test_classifier_guidance_on_the_2d_oracle(diffctl):
+    from diffctl.data.toy2d import gmm_params
+
+    means = gmm_params()[0]
+    nearest = lambda x: torch.cdist(torch.as_tensor(x).double(), means.double()).argmin(1)
+    # the exact posterior: the unconditional oracle (w = 0) guided at s = 1 is the conditional oracle (w = 1)
+    common = ["model=oracle", "dataset=gmm", "steps=20", "num_samples=100", "classes=[2,5]"]
+    exact = run_folder(diffctl("sample", *common, "guidance.scale=0", "guidance.classifier=oracle"))
+    conditional = run_folder(diffctl("sample", *common))
+    x, ref = (np.load(f / "samples.npz")["x"] for f in (exact, conditional))
+    assert np.abs(x - ref).max() < 1e-3 and (nearest(x) == torch.tensor([2, 5] * 50)).all()
+    # a learned classifier (300 steps) steers the unconditional oracle towards the requested component
+    clf = run_folder(diffctl("train", "task=classifier", "dataset=gmm", "model=mlp", "trainer.steps=300", "trainer.sample_every=0"))
+    for s, low in ((0, 0.0), (2, 0.6)):
+        out = run_folder(diffctl("sample", *common[:4], "classes=[2]", "guidance.scale=0", f"guidance.classifier={clf}",
+                                 f"guidance.classifier_scale={s}"))
+        hit = (nearest(np.load(out / "samples.npz")["x"]) == 2).double().mean().item()
+        assert hit >= low and (s > 0 or hit < 0.4), (s, hit)

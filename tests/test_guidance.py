@@ -5,7 +5,9 @@ import torch
 from omegaconf import OmegaConf
 
 from diffctl.config import load_option
-from diffctl.core.guidance import classifier_free, inpainting
+from diffctl.core.diffusion import NoisyClassifier
+from diffctl.core.guidance import classifier_free, classifier_guided, inpainting
+from diffctl.core.losses import classifier_loss
 from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar
 from diffctl.data import load_dataset
@@ -63,6 +65,80 @@ def test_guided_oracle_samples_land_in_the_requested_component():
     assert len(set(_component(oracle, x).tolist())) >= 8
 
 
+@pytest.mark.parametrize("dataset", ["gmm", "digits_gmm"])
+def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_denoiser(dataset):
+    # grad log p(x | y) = grad log p(x) + grad log p(y | x) and Tweedie: D + sigma^2 grad log p(y | x) = D(., y), exactly
+    oracle = load_dataset(load_option("dataset", dataset)).oracle
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(12) % oracle.num_classes
+    unconditional = lambda x, s: oracle(x, s)
+    for sigma in (0.01, 0.3, 2.0, 40.0):
+        x = oracle.sample(12, generator=g)[0].double() + sigma * torch.randn((12, *oracle.means.shape[1:]), generator=g, dtype=torch.float64)
+        s = torch.tensor(sigma, dtype=torch.float64)
+        guided = classifier_guided(unconditional, oracle.log_posterior, y, 1.0)(x, s)
+        assert torch.allclose(guided, oracle(x, s, y), atol=1e-9), sigma
+        assert torch.equal(classifier_guided(unconditional, oracle.log_posterior, y, 0.0)(x, s), oracle(x, s))
+        # scale s multiplies the correction
+        twice = classifier_guided(unconditional, oracle.log_posterior, y, 2.0)(x, s)
+        assert torch.allclose(twice - oracle(x, s), 2 * (oracle(x, s, y) - oracle(x, s)), atol=1e-9)
+
+
+def test_classifier_guided_sampling_matches_conditional_sampling_on_the_oracle():
+    data = load_dataset(load_option("dataset", "digits_gmm"))
+    oracle, ab = data.oracle, make_alpha_bar("linear", 1000)
+    labels = class_labels(30, [2, 5, 8])
+    conditional, _ = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, oracle.num_classes, 1.0))
+    # w = 0 (the unconditional oracle) plus classifier guidance with the exact posterior at s = 1
+    cond = Conditioning(labels, oracle.num_classes, 0.0, classifier=oracle.log_posterior, classifier_scale=1.0)
+    guided, info = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=cond)
+    assert (_component(oracle, guided) == labels).all()
+    assert torch.allclose(guided, conditional, atol=1e-4)
+    assert info["nfe"] == 15 and info["classifier_nfe"] == 15
+    # an unconditional model (null = 0): classifier guidance alone; s = 0 is plain unconditional sampling
+    uncond = lambda x, s: oracle(x, s)
+    x, info = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior))
+    assert (_component(oracle, x) == labels).all() and info["nfe"] == 15
+    x0, info = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior, classifier_scale=0.0))
+    plain, _ = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape)
+    assert torch.equal(x0, plain) and info["classifier_nfe"] == 0
+
+
+def test_noisy_classifier_sees_the_network_variables():
+    # a "network" that is the exact posterior written in (x_t, t): NoisyClassifier must give back log p(k | x, sigma)
+    from diffctl.core.schedules import sigmas_from_alpha_bar
+
+    oracle = load_dataset(load_option("dataset", "gmm")).oracle
+    ab = make_alpha_bar("cosine", 1000)
+    sig_t = sigmas_from_alpha_bar(ab)
+
+    def net(x_t, t):
+        sigma = sig_t[t.round().long()]
+        return oracle.log_posterior(x_t.double() * (1 + sigma[:, None] ** 2).sqrt(), sigma).float() + 3.0  # logits: any offset
+
+    x = torch.randn(6, 2, dtype=torch.float64) * 3
+    for t in (0, 100, 500, 990):
+        s = sig_t[t]
+        assert torch.allclose(NoisyClassifier(net, ab)(x, s), oracle.log_posterior(x, s), atol=1e-4), t
+
+
+def test_classifier_loss_is_the_cross_entropy_on_noised_inputs():
+    ab = make_alpha_bar("linear", 1000)
+    x0, noise = torch.randn(5, 3), torch.randn(5, 3)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    sigma = torch.tensor([0.1, 1.0, 5.0, 20.0, 0.5])
+    seen = {}
+
+    def net(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.stack([x_t[:, 0], x_t[:, 1], x_t[:, 2]], 1)
+
+    loss = classifier_loss(net, x0, y, sigma, noise, ab)
+    a = (1 / (1 + sigma.double() ** 2)).float()[:, None]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    assert torch.allclose(seen["x_t"], x_t, atol=1e-6)
+    assert torch.allclose(loss, -torch.log_softmax(x_t, 1)[torch.arange(5), y], atol=1e-6)
+
+
 def test_label_dropout_rate_is_honoured():
     y = torch.randint(0, 10, (40_000,), generator=torch.Generator().manual_seed(0))
     for p in (0.0, 0.1, 0.5, 1.0):
@@ -109,6 +185,7 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from diffctl.config import GuidanceConfig
     from diffctl.errors import UsageError
     from diffctl.runtime import Source
     from diffctl.sample import conditioning
@@ -121,7 +198,7 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     hole[:, 6:] = 255  # white = regenerate the two right columns
     Image.fromarray(img).save(tmp_path / "img.png")
     Image.fromarray(hole).save(tmp_path / "hole.png")
-    cfg = lambda **inp: OmegaConf.create({"num_samples": 4, "classes": None, "guidance": {"scale": 1.0, "rescale": 0.0},
+    cfg = lambda **inp: OmegaConf.create({"num_samples": 4, "classes": None, "guidance": OmegaConf.structured(GuidanceConfig),
                                           "inpaint": {"image": None, "mask": None, "resample": 1, **inp}})
     cond = conditioning(cfg(image=str(tmp_path / "img.png"), mask=str(tmp_path / "hole.png")), source)
     assert cond.known.shape == (1, 8, 8) and cond.known[0, 3, 3] == 1 and cond.known[0, 0, 0] == -1

@@ -61,6 +61,15 @@ def output_to_x0_eps(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alph
     return x0, eps
 
 
+def network_inputs(x: torch.Tensor, sigma: torch.Tensor, alpha_bar: torch.Tensor):
+    """(x_t, t, alpha_bar_t) a network trained on the VP schedule ``alpha_bar`` sees for the scaled
+    variable ``x`` = x_0 + sigma eps: x_t = x / sqrt(1 + sigma^2) and the continuous timestep of sigma."""
+    sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
+    alpha_bar_t = 1 / (1 + sigma**2)
+    t = sigma_to_t(sigma, alpha_bar.to(sigma.device))
+    return x * _bcast(alpha_bar_t.sqrt(), x), t, alpha_bar_t
+
+
 class Denoiser:
     """D(x, sigma) -> x0_hat for a network ``net(x_t [N, ...], t [N]) -> output`` trained on a VP schedule.
 
@@ -75,10 +84,20 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``y``: class labels ``[N]`` for a class-conditional network (its null label: unconditional)."""
-        sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
-        alpha_bar_t = 1 / (1 + sigma**2)
-        t = sigma_to_t(sigma, self.alpha_bar.to(sigma.device))
-        x_t = x * _bcast(alpha_bar_t.sqrt(), x)
+        x_t, t, alpha_bar_t = network_inputs(x, sigma, self.alpha_bar)
         out = (self.net(x_t.float(), t.float()) if y is None else self.net(x_t.float(), t.float(), y)).to(x.dtype)
         x0, _ = output_to_x0_eps(self.prediction, out, x_t, alpha_bar_t)
         return x0
+
+
+class NoisyClassifier:
+    """log p(y | x, sigma) ``[N, K]`` for a classifier ``net(x_t, t) -> logits`` trained on noisy inputs
+    of a VP schedule (Dhariwal & Nichol 2021), in the same scaled variable x as ``Denoiser``, so
+    its gradient in x is what classifier guidance needs whatever schedule either network used."""
+
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor):
+        self.net, self.alpha_bar = net, alpha_bar.double()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x_t, t, _ = network_inputs(x, sigma, self.alpha_bar)
+        return torch.log_softmax(self.net(x_t.float(), t.float()).double(), dim=1)

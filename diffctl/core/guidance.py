@@ -1,4 +1,4 @@
-"""Steering a denoiser: classifier-free guidance and masked editing (inpainting).
+"""Steering a denoiser: classifier-free guidance, classifier guidance and masked editing (inpainting).
 
 Everything is a wrapper that returns another D(x, sigma), so every sampler works with it.
 ``denoise(x, sigma, y)`` is a class-conditional denoiser where label ``null`` means
@@ -43,6 +43,30 @@ def classifier_free(denoise: Callable, labels: torch.Tensor, null: int, scale: f
             eps = rescale * factor * eps_cfg + (1 - rescale) * eps_cfg
             out = x - s * eps
         return out
+
+    return guided
+
+
+def classifier_guided(denoise: Callable, log_prob: Callable, labels: torch.Tensor, scale: float) -> Callable:
+    """D_s(x, sigma) = D(x, sigma) + s sigma^2 grad_x log p(y | x, sigma)  (Dhariwal & Nichol 2021).
+
+    ``log_prob(x, sigma)`` -> ``[N, K]`` log class posteriors of the noisy x (a noise-aware
+    classifier).  This is their eps-space rule eps - s sqrt(1 - alpha_bar) grad_{x_t} log p written
+    for x0_hat in the scaled variable x = x_0 + sigma eps: by Tweedie, E[x_0 | x] = x + sigma^2
+    grad log p(x), and grad log p(x | y) = grad log p(x) + grad log p(y | x), so s = 1 with the exact
+    posterior turns the unconditional denoiser into the exact class-conditional one.
+    """
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = denoise(x, sigma)
+        if scale == 0.0:
+            return out
+        y = labels.to(x.device)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            chosen = log_prob(xg, sigma).gather(1, y[:, None]).sum()
+            (grad,) = torch.autograd.grad(chosen, xg)
+        s = _bcast(sigma.expand(len(x)) if sigma.ndim == 0 else sigma, x).to(x.dtype)
+        return out + scale * s**2 * grad.to(x.dtype)
 
     return guided
 

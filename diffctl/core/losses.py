@@ -77,6 +77,13 @@ LOSSES = {
 }
 
 
+def _noised(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor):
+    """x_t ~ q(x_t | x_0) at noise level sigma (alpha_bar = 1 / (1 + sigma^2)), its continuous timestep, alpha_bar."""
+    a = 1 / (1 + sigma**2)
+    t = sigma_to_t(sigma, alpha_bar.to(x0.device)).to(x0.dtype)
+    return q_sample(x0, a.to(x0.dtype), noise), t, a
+
+
 def weighted_loss(
     net: Callable,
     x0: torch.Tensor,
@@ -92,10 +99,16 @@ def weighted_loss(
     network is conditioned on the (possibly fractional) training timestep of sigma.
     """
     sigma = sigma.to(x0.device, torch.float64)
-    a = 1 / (1 + sigma**2)
-    t = sigma_to_t(sigma, alpha_bar.to(x0.device)).to(x0.dtype)
-    x_t = q_sample(x0, a.to(x0.dtype), noise)
+    x_t, t, a = _noised(x0, sigma, noise, alpha_bar)
     out = net(x_t, t)
     target = training_target(prediction, x0, noise, a.to(x0.dtype))
     w = (weight(sigma, prediction) * x0_error_scale(prediction, sigma) ** 2).float()
     return w * (out.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def classifier_loss(net: Callable, x0: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+                    alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a noise-aware classifier ``net(x_t, t) -> logits`` on x_t ~ q(x_t | x_0) at noise
+    level sigma (Dhariwal & Nichol 2021, trained on all timesteps): ``[N]``."""
+    x_t, t, _ = _noised(x0, sigma.to(x0.device, torch.float64), noise, alpha_bar)
+    return torch.nn.functional.cross_entropy(net(x_t, t).float(), y, reduction="none")

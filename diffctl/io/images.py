@@ -49,6 +49,26 @@ def save_scatter(points: torch.Tensor, path: Path, reference: torch.Tensor | Non
     plt.close(fig)
 
 
+def save_accuracy_plot(timesteps: list, accuracy: list, path: Path, chance: float, title: str = "") -> None:
+    """A noise-aware classifier's test accuracy against the timestep of its (noisy) input."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot(timesteps, accuracy, "o-", label="test accuracy")
+    ax.axhline(chance, color="gray", ls="--", label=f"chance ({chance:.2f})")
+    ax.set_xlabel("timestep t of the noisy input")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def save_inpaint_grid(known: torch.Tensor, keep: torch.Tensor, samples: torch.Tensor, path: Path, per_row: int = 6) -> Path:
     """Rows of: the input image, the masked input (the region to regenerate in mid grey), ``per_row`` results."""
     masked = known * keep  # the region to regenerate shows as 0: mid grey in [-1, 1]

@@ -19,21 +19,36 @@ def save_config(run_dir: Path, cfg: DictConfig) -> None:
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def train_runs(output_root: Path) -> list[Path]:
-    """Train run folders under ``output_root`` (single runs and sweep jobs), newest first."""
+def run_task(run_dir: Path) -> str:
+    """What a train run folder trains (its config's ``task``): diffusion, or classifier."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    return cfg.get("task", "diffusion") if isinstance(cfg, dict) else "diffusion"
+
+
+def train_runs(output_root: Path, task: str = "diffusion") -> list[Path]:
+    """Train run folders of ``task`` under ``output_root`` (single runs and sweep jobs), newest first."""
     root = Path(output_root) / "train"
     if not root.is_dir():
         return []
     runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt")}
+    runs = [r for r in runs if run_task(r) == task]
     return sorted(runs, key=lambda p: max(c.stat().st_mtime for c in list_checkpoints(p / CKPT_DIR)), reverse=True)
 
 
-def resolve_checkpoint(spec: str, output_root: Path) -> Path:
-    """``ckpt=`` -> a checkpoint file: a file, a run folder (its newest), or ``latest``."""
+def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", task: str = "diffusion") -> Path:
+    """``ckpt=`` (or another ``key``) -> a checkpoint file: a file, a run folder (its newest), or
+    ``latest``: the newest train run of ``task`` (so a classifier run is never a diffusion model's latest)."""
     if spec == "latest":
-        runs = train_runs(output_root)
+        runs = train_runs(output_root, task)
         if not runs:
-            raise UsageError(f"ckpt=latest: no train run with a checkpoint under {Path(output_root) / 'train'}; run 'diffctl train' first or pass ckpt=<file|run folder>")
+            command = "diffctl train" + (f" task={task}" if task != "diffusion" else "")
+            raise UsageError(f"{key}=latest: no {'' if task == 'diffusion' else task + ' '}train run with a checkpoint under {Path(output_root) / 'train'}; "
+                             f"run '{command}' first or pass {key}=<file|run folder>")
         return list_checkpoints(runs[0] / CKPT_DIR)[-1]
     path = Path(spec).expanduser()
     if path.is_file():
@@ -41,9 +56,9 @@ def resolve_checkpoint(spec: str, output_root: Path) -> Path:
     if path.is_dir():
         ckpts = list_checkpoints(path / CKPT_DIR) or list_checkpoints(path)
         if not ckpts:
-            raise UsageError(f"ckpt={spec}: no checkpoints in this folder (expected {CKPT_DIR}/step_*.pt)")
+            raise UsageError(f"{key}={spec}: no checkpoints in this folder (expected {CKPT_DIR}/step_*.pt)")
         return ckpts[-1]
-    raise UsageError(f"ckpt={spec}: no such file or folder (give a checkpoint file, a run folder or 'latest')")
+    raise UsageError(f"{key}={spec}: no such file or folder (give a checkpoint file, a run folder or 'latest')")
 
 
 class MetricsLog:

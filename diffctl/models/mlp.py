@@ -9,9 +9,10 @@ from .unet import ClassEmbedding, timestep_embedding
 
 
 class MLP(nn.Module):
-    """(x [N, D], t [N], labels [N] or None) -> [N, D]: input and time (+ label) embedding projected, then residual SiLU blocks."""
+    """(x [N, D], t [N], labels [N] or None) -> [N, D] (or [N, K] logits with ``classify`` = K): input and time (+ label) embedding projected, then residual SiLU blocks."""
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, time_dim: int = 64, dropout: float = 0.0, num_classes: int = 0):
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, time_dim: int = 64, dropout: float = 0.0, num_classes: int = 0,
+                 classify: int = 0):
         super().__init__()
         self.time_dim = time_dim
         self.inp = nn.Linear(dim, hidden)
@@ -21,7 +22,7 @@ class MLP(nn.Module):
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, classify or dim))  # classify = K: K logits
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.inp(x) + self.label(self.time(timestep_embedding(t, self.time_dim)), y)

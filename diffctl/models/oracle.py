@@ -27,10 +27,15 @@ class GMMDenoiser:
         k = len(means)
         self.log_w = (weights.double() if weights is not None else torch.full((k,), 1.0 / k, dtype=torch.float64)).log()
 
-    def _responsibilities(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    def _log_responsibilities(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         mu = self.means.to(x.device).flatten(1)  # [K, D]
-        d2 = torch.cdist(x.flatten(1).double(), mu).pow(2)  # [N, K]
-        return torch.softmax(self.log_w.to(x.device) - d2 / (2 * var[:, None]), dim=1)
+        d2 = (x.flatten(1).double()[:, None, :] - mu[None]).pow(2).sum(-1)  # [N, K]; differentiable everywhere (cdist is not at 0)
+        return torch.log_softmax(self.log_w.to(x.device) - d2 / (2 * var[:, None]), dim=1)
+
+    def log_posterior(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log p(component k | x) ``[N, K]`` at noise level sigma: the exact noise-aware classifier."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        return self._log_responsibilities(x, self.std**2 + sigma**2)
 
     @property
     def num_classes(self) -> int:
@@ -41,7 +46,7 @@ class GMMDenoiser:
         ``num_classes`` (or ``y=None``) is the whole mixture: the exact class-conditional denoiser."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
         var = self.std**2 + sigma**2
-        p = self._responsibilities(x, var)
+        p = self._log_responsibilities(x, var).exp()
         if y is not None:
             y = y.to(x.device)
             given = y < self.num_classes

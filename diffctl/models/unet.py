@@ -101,7 +101,10 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         heads: int = 4,
         num_classes: int = 0,
+        classify: int = 0,
     ):
+        """``classify`` = K > 0 builds a noise-aware classifier instead (Dhariwal & Nichol's encoder UNet):
+        the encoder and middle blocks, then GroupNorm, SiLU, global average pooling and K logits."""
         super().__init__()
         if image_size % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult {list(channel_mult)})")
@@ -130,7 +133,10 @@ class UNet(nn.Module):
                 res //= 2
                 skips.append(c)
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c, heads), ResBlock(c, c, emb_dim, dropout)])
+        self.head = nn.Sequential(_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classify)) if classify else None
         self.up = nn.ModuleList()
+        if classify:
+            return
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
                 self.up.append(stage(c + skips.pop(), channels * mult, res))
@@ -157,6 +163,8 @@ class UNet(nn.Module):
             h = self._run(layers, h, emb)
             hs.append(h)
         h = self._run(self.mid, h, emb)
+        if self.head is not None:
+            return self.head(h)
         for layers in self.up:
             h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
