@@ -201,6 +201,8 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
     from rich.console import Console
     from rich.table import Table
 
+    from .io.rundir import run_task
+
     root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
     table = Table("command", "run folder", "holds")
     table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
@@ -209,7 +211,10 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
         folder = cfg.parent
         names = {p.name for p in folder.iterdir()}
         holds = [k for k in ("checkpoints", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
-        table.add_row(folder.relative_to(root).parts[0], str(folder), ", ".join(holds))
+        command = folder.relative_to(root).parts[0]
+        if command == "train" and run_task(folder) != "diffusion":
+            command += f" ({run_task(folder)})"
+        table.add_row(command, str(folder), ", ".join(holds))
     Console().print(table)
 
 

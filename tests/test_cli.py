@@ -286,6 +286,7 @@ def test_classifier_training_and_classifier_guidance(diffctl):
     info = json.loads((out / "sample.json").read_text())
     assert info["checkpoint"].startswith(str(diffusion)) and info["guidance"]["classifier"].startswith(str(clf))
     assert info["guidance"]["classifier_scale"] == 2 and info["labels"] == [3] * 4 and info["nfe"] == 3 and info["classifier_nfe"] == 3
+    assert "train (classifier)" in diffctl("runs", "--output-root", str(diffctl.root)).stdout
     for command, args, message in [
         ("sample", [f"ckpt={clf}"], "is a noise-aware classifier (task=classifier): use it as guidance.classifier="),
         ("sample", ["classes=all", f"guidance.classifier={diffusion}"], "is a diffusion model, not a classifier"),
