@@ -46,26 +46,55 @@ def hydra_app(command: str) -> Callable[[], None]:
     """A real ``@hydra.main`` application for ``command``."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from .config import register_schemas, validate
-    from .io.rundir import save_config
+    from .errors import Interrupted
+    from .io.rundir import new_run_dir, save_config
 
     register_schemas()
+    OmegaConf.register_new_resolver("diffctl_run_dir", new_run_dir, use_cache=True, replace=True)
 
     @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
     def app(cfg) -> None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        fresh = not (run_dir / "config.yaml").exists()  # not a resumed run's folder
         try:
             validate(cfg)
-            run_dir = Path(HydraConfig.get().runtime.output_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(run_dir, cfg)
             _runner(command)(cfg, run_dir)
-        except _user_errors() as e:
-            # Reported here, inside the job, so Hydra adds no lines of its own around it.
-            _fail(command, e)
+        except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
+            print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.code) from None
+        except BaseException as e:
+            if fresh:
+                _discard_run_dir(run_dir, command, e)
+            if isinstance(e, _user_errors()):
+                _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
+            raise
         print(f"run folder: {run_dir}", flush=True)
 
     return app
+
+
+def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
+    """A run that failed before producing anything leaves no folder; one that did is marked FAILED."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return
+    bookkeeping = {"config.yaml", ".hydra", f"{command.replace('-', '_')}.log", f"{command}.log"}
+    if all(p.name in bookkeeping for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for empty in (run_dir.parent, run_dir.parent.parent):  # the date and command folders, if this was their only run
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+    else:
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _one_line(err) or type(err).__name__
+        (run_dir / "FAILED").write_text(f"diffctl {command} failed: {reason}\n")
 
 
 def _one_line(err: BaseException) -> str:
@@ -105,7 +134,7 @@ def _user_errors() -> tuple:
 
     from .errors import UsageError
 
-    return (UsageError, HydraException, OmegaConfBaseException, ValueError)
+    return (UsageError, HydraException, OmegaConfBaseException, ValueError, OSError)
 
 
 def _override_key(arg: str) -> str:
@@ -150,6 +179,9 @@ def run_command(command: str, args: list[str]) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     saved = sys.argv
     try:
+        from .io.rundir import new_run_dir
+
+        new_run_dir.created.clear()  # each command creates its own run folder
         if command == "train":
             args = _resume_run_dir(args)
         sys.argv = [f"diffctl {command}", *args]
@@ -163,6 +195,8 @@ def run_command(command: str, args: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"diffctl {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exit_:  # a job's one-line failure or a stop on request, already reported
+        return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
         for k, v in saved_env.items():
@@ -210,7 +244,7 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
     for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         folder = cfg.parent
         names = {p.name for p in folder.iterdir()}
-        holds = [k for k in ("checkpoints", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
+        holds = [k for k in ("FAILED", "checkpoints", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
         command = folder.relative_to(root).parts[0]
         if command == "train" and run_task(folder) != "diffusion":
             command += f" ({run_task(folder)})"

@@ -207,6 +207,7 @@ class TrainerConfig:
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
+    max_nonfinite: int = 10  # this many non-finite losses / gradients in a row (each step skipped) stop the run
     cond_drop_prob: float = 0.1  # class-conditional models: probability of training with the null label (classifier-free guidance)
 
 
@@ -388,9 +389,21 @@ BOUNDS = {
     "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "loss.sigma_data": (0, False),
     "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
     "guidance.classifier_scale": (0, True),
-    "inpaint.resample": (1, True),
+    "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True),
+    "model.channels": (1, True), "model.heads": (1, True), "model.num_res_blocks": (1, True), "model.hidden": (1, True),
+    "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
+    "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
+    "optim.min_lr_ratio": (0, True), "loss.p_std": (0, False), "image_index": (0, True),
 }
-UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1}
+# Upper limits: real ones (probabilities, orders) and, for sizes, limits far beyond any real use that
+# catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
+UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1,
+         "model.dropout": 0.99, "optim.beta1": 0.9999, "optim.beta2": 0.99999, "optim.min_lr_ratio": 1,
+         "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.sample_steps": 10**5,
+         "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
+         "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
+         "dataset.num_train": 10**8, "dataset.num_test": 10**8, "inpaint.resample": 1000}
+MAX_STEPS = 10**5  # sampling steps
 
 
 def validate(cfg: DictConfig) -> None:
@@ -409,6 +422,24 @@ def validate(cfg: DictConfig) -> None:
             extra = [k for k in node.keys() if k not in allowed]
             if extra:
                 raise ValueError(f"unknown key {group}.{extra[0]}; {group} ({schema.__name__}) has: {', '.join(allowed)}")
+    import math
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, DictConfig):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    required = {TrainConfig: ("dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"),
+                SampleConfig: ("sampler", "paths"), EvalConfig: ("sampler", "paths"),
+                InspectConfig: ("schedule", "dataset", "sampler", "paths")}.get(OmegaConf.get_type(cfg), ())
+    for group in required:
+        if cfg.get(group) is None:
+            raise ValueError(f"{group} is required here (it was removed); choose one of its options: {group}=<option>")
+    for key, value in leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value) and not (key == "sampler.S_tmax" and value > 0):
+            raise ValueError(f"{key}={value} is not a finite number")
     for key, (low, inclusive) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or isinstance(value, (list, ListConfig)):
@@ -418,8 +449,8 @@ def validate(cfg: DictConfig) -> None:
             rng = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
             raise ValueError(f"{key}={value} is out of range; it must be {rng}")
     steps = cfg.get("steps")
-    if steps is not None and not all(isinstance(s, int) and s >= 1 for s in (steps if isinstance(steps, ListConfig) else [steps])):
-        raise ValueError(f"steps={steps} is out of range; it must be a positive integer (or, for eval, a list of them)")
+    if steps is not None and not all(isinstance(s, int) and 1 <= s <= MAX_STEPS for s in (steps if isinstance(steps, ListConfig) else [steps])):
+        raise ValueError(f"steps={steps} is out of range; it must be an integer in [1, {MAX_STEPS}] (or, for eval, a list of them)")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in allowed:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .core.diffusion import Denoiser
 from .core.losses import LOSSES, classifier_loss, weighted_loss
 from .data import load_dataset
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .io.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
@@ -128,6 +131,31 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
     return torch.where(drop, torch.full_like(y, null), y)
 
 
+class StopRequest:
+    """While active, SIGINT / SIGTERM only set ``signum``: the loop finishes its step, checkpoints and
+    stops.  A second signal aborts at once (KeyboardInterrupt).  Inactive outside the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.saved = None, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: finishing this step and writing a checkpoint (send it again to abort at once)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
 class Trainer:
     """Holds the state of one training run; ``fit()`` runs it to ``trainer.steps``."""
 
@@ -168,6 +196,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o, cfg.trainer.steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
+        self.window: list[float] = []  # losses since the last metrics line (checkpointed: a resumed run logs the same means)
+        self.nonfinite = 0  # non-finite steps in a row
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.ckpt_dir = self.run_dir / CKPT_DIR
 
@@ -185,9 +215,15 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "data_shape": list(self.data.shape),
             "num_classes": self.data.num_classes,
+            "loss_window": list(self.window),
+            "nonfinite": self.nonfinite,
         }
 
     def save(self) -> Path:
+        """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest)."""
+        if not all(torch.isfinite(p).all() for p in [*self.net.parameters(), *self.ema.model.parameters()]):
+            raise UsageError(f"the weights are not finite at step {self.step}: not checkpointed, the last good checkpoint is kept; "
+                             f"lower optim.lr or use trainer.precision=fp32")
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.step), self.state())
         prune_checkpoints(self.ckpt_dir, self.cfg.trainer.keep_last)
         return path
@@ -206,9 +242,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.gen)
         self.step = state["step"]
+        self.window, self.nonfinite = list(state.get("loss_window", [])), state.get("nonfinite", 0)
 
     # --- the loop ------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float]:
+    def train_step(self) -> tuple[float, float, bool]:
+        """One optimisation step: (loss, gradient norm, whether it was applied).  A non-finite loss or
+        gradient norm skips the update (weights, optimiser and EMA untouched; fp16's GradScaler lowers
+        its scale) but the step still counts, so data order and LR schedule stay those of the run."""
         n = self.cfg.trainer.batch_size
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
         sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
@@ -223,19 +263,24 @@ class Trainer:
                 loss = classifier_loss(self.net, x0, self.train_y[idx], sigma, noise, self.alpha_bar_dev).mean()
             else:
                 loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
-        if not torch.isfinite(loss):
-            raise UsageError(f"loss is {loss.item()} at step {self.step + 1}; stopped without checkpointing (last good checkpoint kept). Lower optim.lr or use trainer.precision=fp32")
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt)
-        clip = self.cfg.trainer.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.sched.step()
-        self.ema.update(self.net)
+        grad_norm, ok = torch.tensor(float("nan")), bool(torch.isfinite(loss))
+        if ok:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            clip = self.cfg.trainer.grad_clip
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
+            ok = bool(torch.isfinite(grad_norm))
+            if ok:
+                self.scaler.step(self.opt)
+            self.scaler.update()  # fp16: lowers the scale after an overflow
+        if ok:
+            self.ema.update(self.net)
+        with warnings.catch_warnings():  # a skipped first step: torch warns that the schedule stepped before the optimiser
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched.step()
         self.step += 1
-        return loss.item(), grad_norm.item()
+        return loss.item(), grad_norm.item(), ok
 
     def snapshot(self) -> Path:
         """A picture of the EMA model at this step: its samples, or a classifier's accuracy against noise."""
@@ -282,6 +327,21 @@ class Trainer:
             save_scatter(samples, path, reference=self.data.test, title=f"step {self.step}")
         return path
 
+    def _count_nonfinite(self, ok: bool, loss: float) -> None:
+        """Stop after ``trainer.max_nonfinite`` skipped (non-finite) steps in a row, naming the step."""
+        if ok:
+            self.nonfinite = 0
+            return
+        self.nonfinite += 1
+        what = "gradient norm" if math.isfinite(loss) else f"loss ({loss})"
+        limit = self.cfg.trainer.max_nonfinite
+        log.warning("step %d: non-finite %s, update skipped (%d in a row; trainer.max_nonfinite=%d)", self.step, what, self.nonfinite, limit)
+        if self.nonfinite >= limit:
+            last = list_checkpoints(self.ckpt_dir)
+            kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written"
+            raise UsageError(f"{self.nonfinite} non-finite steps in a row, the last at step {self.step} (non-finite {what}): stopped; {kept}. "
+                             f"Lower optim.lr, set trainer.grad_clip or use trainer.precision=fp32")
+
     def fit(self) -> dict:
         tc = self.cfg.trainer
         resume = _resume_path(self.cfg, self.run_dir)
@@ -291,24 +351,32 @@ class Trainer:
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train))
-        t0, window, logged_loss = time.perf_counter(), [], float("nan")
-        window_t0 = t0
-        start_step = self.step
-        with progress_bar("train", tc.steps, start=self.step) as advance:
+        t0, logged_loss = time.perf_counter(), float("nan")
+        window_t0, window_steps, start_step = t0, 0, self.step
+        with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:
             while self.step < tc.steps:
-                loss, grad_norm = self.train_step()
-                window.append(loss)
+                loss, grad_norm, ok = self.train_step()
+                window_steps += 1
+                self._count_nonfinite(ok, loss)
+                if ok:
+                    self.window.append(loss)
                 advance(loss=loss)
                 if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
-                    now, logged_loss = time.perf_counter(), sum(window) / len(window)
-                    self.metrics.write(step=self.step, loss=logged_loss, lr=self.sched.get_last_lr()[0],
-                                       grad_norm=grad_norm, img_per_s=round(len(window) * tc.batch_size / max(now - window_t0, 1e-9), 1))
-                    window, window_t0 = [], now
+                    now = time.perf_counter()
+                    logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
+                    self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
+                                       grad_norm=grad_norm if math.isfinite(grad_norm) else None,
+                                       img_per_s=round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1))
+                    self.window, window_t0, window_steps = [], now, 0
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
-                    recent = sum(window) / len(window) if window else logged_loss
+                    recent = sum(self.window) / len(self.window) if self.window else logged_loss
                     log.info("step %d: loss %.4f (mean since the last log line), checkpoint %s", self.step, recent, self.save().name)
+                if stop.signum is not None and self.step < tc.steps:
+                    path = self.save()
+                    raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {self.step} of {tc.steps}; checkpoint {path}. "
+                                      f"Resume with: diffctl train resume={self.run_dir}", 128 + stop.signum)
         seconds = time.perf_counter() - t0
         path = self.save()
         grid = self.snapshot()

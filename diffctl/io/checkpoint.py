@@ -3,13 +3,18 @@
 A checkpoint is a ``torch.save`` dict of tensors, numbers and strings (never pickled objects),
 loaded with ``weights_only=True`` so loading can never execute code.  It carries its resolved
 config (a plain dict) and a format version, so ``diffctl sample ckpt=...`` needs nothing else.
-Writes are atomic: a temp file in the same folder, fsync, then ``os.replace``.
+Writes are atomic: a temp file in the same folder, fsync, ``os.replace``, fsync of the folder; a
+process killed at any moment leaves the previous checkpoint (only ``step_*.pt`` names are ever
+read, never a temp file).  A failed write (disk full, quota, file size limit) is a UsageError
+naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,23 +34,41 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     """Atomically write ``state`` (plus format and version) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".*.tmp-*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    buffer = io.BytesIO()  # serialised first, so a failed write is the OS's own error (ENOSPC, EFBIG), not torch's zip writer's
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise UsageError(f"could not write checkpoint {path}: {e.strerror or e} (disk full or quota?); nothing was replaced") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (its directory entry survives a power loss)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """Load a diffctl checkpoint safely; a truncated, corrupt or foreign file is a UsageError."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle it then refuses: the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"checkpoint not found: {path}") from None
     except Exception as e:  # truncated zip, pickle with code, not a torch file at all

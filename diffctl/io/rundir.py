@@ -14,6 +14,32 @@ from .checkpoint import list_checkpoints
 CKPT_DIR = "checkpoints"
 
 
+def new_run_dir(parent: str) -> str:
+    """``parent/<date>/<time>``, created here with an exclusive mkdir, so two runs started in the same
+    second never share a folder: the second gets ``<time>_1`` (the Hydra resolver ``diffctl_run_dir``).
+    Memoised per parent within one command, so every resolution of the run folder gives the same path."""
+    import datetime
+    import itertools
+
+    if parent in new_run_dir.created:
+        return new_run_dir.created[parent]
+    now = datetime.datetime.now()
+    day = Path(parent) / now.strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    for i in itertools.count():
+        path = day / (now.strftime("%H-%M-%S") + (f"_{i}" if i else ""))
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    new_run_dir.created[parent] = str(path)
+    return str(path)
+
+
+new_run_dir.created = {}
+
+
 def save_config(run_dir: Path, cfg: DictConfig) -> None:
     """Write the resolved config as ``config.yaml``."""
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
