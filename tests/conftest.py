@@ -42,3 +42,30 @@ def run_folder(proc) -> Path:
     lines = [l for l in proc.stdout.splitlines() if l.startswith("run folder: ")]
     assert lines, proc.stdout + proc.stderr
     return Path(lines[-1].split(": ", 1)[1])
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capfd):
+    """The real CLI entry point in this process (for fast checks of failures): (exit code, stdout, stderr).
+
+    Shares the output root with the ``diffctl`` fixture, so it sees the runs that one made."""
+    from diffctl.cli import run_command
+
+    monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(command, *args):
+        capfd.readouterr()
+        code = run_command(command, list(args))
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return run
+
+
+def assert_one_line_error(result, command: str, message: str) -> None:
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in out + err, (code, out, err)
+    assert lines[0].startswith(f"diffctl {command}: error: ") and message in lines[0], lines[0]
