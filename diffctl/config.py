@@ -39,6 +39,18 @@ class DigitsGMMConfig:
     seed: int = 0
 
 
+@dataclass
+class VisionConfig:
+    name: str = "mnist"  # mnist | fashion_mnist | cifar10 | celeba | folder | mnist5k (files in torchvision's layout under root)
+    root: str = "data"  # where the files are (env DIFFCTL_DATA); for folder: <root>/<class>/<images>
+    download: bool = False  # fetch with torchvision's downloader (needs a network); offline, missing files are an error naming them
+    image_size: Optional[int] = None  # resize the shorter side and centre-crop to this size; None: as stored
+    crop: Optional[int] = None  # centre crop (px) before resizing (CelebA: 140)
+    hflip: bool = False  # random horizontal flips while training
+    limit: Optional[int] = None  # use only the first N images of each split (quick runs)
+    grayscale: bool = False  # folder: read images as 1-channel
+
+
 # --- model -------------------------------------------------------------------------------------
 @dataclass
 class UNetConfig:
@@ -320,6 +332,7 @@ SCHEMAS = {
     "schema_model_mlp": MLPConfig,
     "schema_model_oracle": OracleConfig,
     "schema_dataset_digits_gmm": DigitsGMMConfig,
+    "schema_dataset_vision": VisionConfig,
     "schema_schedule_linear": LinearScheduleConfig,
     "schema_schedule_scaled_linear": ScaledLinearScheduleConfig,
     "schema_schedule_cosine": CosineScheduleConfig,
@@ -394,6 +407,7 @@ BOUNDS = {
     "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
     "optim.min_lr_ratio": (0, True), "loss.p_std": (0, False), "image_index": (0, True),
+    "dataset.image_size": (1, True), "dataset.crop": (1, True), "dataset.limit": (1, True),
 }
 # Upper limits: real ones (probabilities, orders) and, for sizes, limits far beyond any real use that
 # catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
@@ -402,7 +416,7 @@ UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.
          "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.sample_steps": 10**5,
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
-         "dataset.num_train": 10**8, "dataset.num_test": 10**8, "inpaint.resample": 1000}
+         "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000}
 MAX_STEPS = 10**5  # sampling steps
 
 

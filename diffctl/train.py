@@ -253,6 +253,9 @@ class Trainer:
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
         sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
         x0 = self.train_x[idx]
+        if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
+            flip = (torch.rand(n, generator=self.gen) < 0.5).to(self.device)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         net = self.net
         if self.num_classes:
             y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen)
@@ -349,8 +352,9 @@ class Trainer:
             self.load(resume)
             self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
             log.info("resumed from %s at step %d", resume, self.step)
-        log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
-                 self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train))
+        log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
+                 self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous",
+                 ", random flips" if self.data.hflip else "")
         t0, logged_loss = time.perf_counter(), float("nan")
         window_t0, window_steps, start_step = t0, 0, self.step
         with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:

@@ -175,6 +175,23 @@ def test_a_failed_write_replaces_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt"]  # no temp file, no partial checkpoint
 
 
+def test_old_checkpoints_are_pruned_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
+    import diffctl.train as train
+
+    trainer = _trainer(tmp_path, "trainer.steps=8", "trainer.ckpt_every=2", "trainer.keep_last=1", "trainer.precision=fp32")
+    real = train.save_checkpoint
+
+    def failing(path, state):  # the third checkpoint's write fails (disk full)
+        if state["step"] == 6:
+            raise UsageError(f"could not write checkpoint {path}: No space left on device")
+        return real(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", failing)
+    with pytest.raises(UsageError, match="No space left"):
+        trainer.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000004.pt"]  # step 2 pruned, step 4 kept
+
+
 @pytest.mark.slow
 def test_a_real_write_failure_is_one_line_and_marks_the_run_failed(diffctl, tmp_path):
     # the OS refuses to grow any file past 200 kB (as a full disk would refuse): the checkpoint write fails

