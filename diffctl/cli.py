@@ -56,14 +56,14 @@ def hydra_app(command: str) -> Callable[[], None]:
     OmegaConf.register_new_resolver("diffctl_run_dir", new_run_dir, use_cache=True, replace=True)
 
     @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
-    def app(cfg) -> None:
+    def app(cfg):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         fresh = not (run_dir / "config.yaml").exists()  # not a resumed run's folder
         try:
             validate(cfg)
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(run_dir, cfg)
-            _runner(command)(cfg, run_dir)
+            summary = _runner(command)(cfg, run_dir) or {}
         except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
             print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
             raise SystemExit(e.code) from None
@@ -74,6 +74,7 @@ def hydra_app(command: str) -> Callable[[], None]:
                 _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
             raise
         print(f"run folder: {run_dir}", flush=True)
+        return summary.get("objective")  # what a Hydra sweeper (optuna) minimises
 
     return app
 

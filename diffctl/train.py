@@ -386,7 +386,8 @@ class Trainer:
         grid = self.snapshot()
         log.info("done: %d steps in %.1fs, final loss %.4f (mean of the last logged steps); checkpoint %s; samples %s",
                  self.step - start_step, seconds, logged_loss, path, grid)
-        return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "checkpoint": str(path), "grid": str(grid)}
+        return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "checkpoint": str(path), "grid": str(grid),
+                "objective": logged_loss}
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:

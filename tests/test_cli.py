@@ -315,3 +315,24 @@ def test_classifier_guidance_on_the_2d_oracle(diffctl):
                                  f"guidance.classifier_scale={s}"))
         hit = (nearest(np.load(out / "samples.npz")["x"]) == 2).double().mean().item()
         assert hit >= low and (s > 0 or hit < 0.4), (s, hit)
+
+
+@pytest.mark.slow
+def test_local_parallel_sweep_through_the_joblib_launcher(diffctl):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    proc = diffctl("train", "-m", "hydra/launcher=local_parallel", "schedule=linear,cosine", *TINY_TRAIN, "trainer.sample_every=0")
+    sweep = next((diffctl.root / "train" / "multirun").glob("*/*"))
+    assert (sweep / "multirun.yaml").exists() and sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job, schedule in (("0", "linear"), ("1", "cosine")):
+        assert (sweep / job / "checkpoints" / "step_00000004.pt").exists()
+        assert f"name: {schedule}" in (sweep / job / "config.yaml").read_text()
+    assert "Joblib" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_preset_minimises_the_final_loss(diffctl):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    diffctl("train", "-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=2", *TINY_TRAIN, "trainer.sample_every=0")
+    sweep = next((diffctl.root / "train" / "multirun").glob("*/*"))
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optim.lr" in best and "best_value" in best

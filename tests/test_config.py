@@ -40,7 +40,9 @@ def test_every_option_composes_and_validates(command, group, option):
 
 
 def test_group_options_are_the_documented_names():
-    assert options("dataset") == ["digits", "digits_gmm", "gmm", "moons", "swiss_roll"]
+    assert options("dataset") == ["celeba", "cifar10", "digits", "digits_gmm", "fashion_mnist", "folder", "gmm", "mnist", "mnist5k",
+                                  "moons", "swiss_roll"]
+    assert options("experiment") == ["ddpm_cifar10", "edm_cifar10", "iddpm_cifar10"]
     assert options("model") == ["mlp", "oracle", "unet_base", "unet_small", "unet_tiny"]
     assert options("schedule") == ["cosine", "edm", "linear", "scaled_linear", "sigmoid"]
     assert options("sampler") == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
@@ -99,3 +101,19 @@ def test_validate_rejects_bad_values(override, match):
 def test_output_root_follows_env(monkeypatch):
     monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", "/somewhere/else")
     assert _compose("train").paths.output_root == "/somewhere/else"
+
+
+@pytest.mark.parametrize("experiment,expect", [
+    ("ddpm_cifar10", {"dataset.name": "cifar10", "schedule.name": "linear", "model.channels": 128, "optim.lr": 2e-4,
+                      "trainer.batch_size": 128, "trainer.ema_decay": 0.9999, "sampler.name": "ddpm", "dataset.hflip": True}),
+    ("iddpm_cifar10", {"schedule.name": "cosine", "schedule.timesteps": 4000, "model.num_res_blocks": 3, "model.dropout": 0.3,
+                       "optim.lr": 1e-4}),
+    ("edm_cifar10", {"schedule.name": "edm", "schedule.sigma_max": 80.0, "loss.name": "edm", "loss.sigma_data": 0.5,
+                     "sampler.name": "heun", "sampler.spacing": "karras", "trainer.sample_steps": 18, "model.prediction": "v"}),
+])
+def test_experiment_presets_compose_with_the_published_hyper_parameters(experiment, expect):
+    from omegaconf import OmegaConf
+
+    cfg = _compose("train", [f"experiment={experiment}", "trainer.steps=10"])
+    validate(cfg)
+    assert {k: OmegaConf.select(cfg, k) for k in expect} == expect and cfg.trainer.steps == 10  # the command line still wins
