@@ -59,12 +59,25 @@ def hydra_app(command: str) -> Callable[[], None]:
     def app(cfg):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         fresh = not (run_dir / "config.yaml").exists()  # not a resumed run's folder
+
+        def record() -> None:
+            """The run's config (and a continued run's overrides, which a later resume=<folder> reuses); written
+            for a continued run only once it has run, so a rejected resume leaves the folder as it was."""
+            save_config(run_dir, cfg)
+            if not fresh:
+                task = [o for o in HydraConfig.get().overrides.task if not _override_key(o).startswith(("hydra.", "resume"))]
+                (run_dir / ".hydra").mkdir(exist_ok=True)
+                OmegaConf.save(OmegaConf.create(task), run_dir / ".hydra" / "overrides.yaml")
+            (run_dir / "FAILED").unlink(missing_ok=True)
+
         try:
             validate(cfg)
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(run_dir, cfg)
+            if fresh:
+                save_config(run_dir, cfg)
             summary = _runner(command)(cfg, run_dir) or {}
         except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
+            record()
             print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
             raise SystemExit(e.code) from None
         except BaseException as e:
@@ -73,7 +86,9 @@ def hydra_app(command: str) -> Callable[[], None]:
             if isinstance(e, _user_errors()):
                 _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
             raise
-        print(f"run folder: {run_dir}", flush=True)
+        record()
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"run folder: {run_dir}", flush=True)
         return summary.get("objective")  # what a Hydra sweeper (optuna) minimises
 
     return app
@@ -165,7 +180,21 @@ def _resume_run_dir(args: list[str]) -> list[str]:
         from omegaconf import OmegaConf
 
         saved = [o for o in OmegaConf.load(saved_file) if _override_key(o) not in given and not _override_key(o).startswith(("hydra.", "resume"))]
-    return [*saved, *args, f"hydra.run.dir={path}"]
+    return [*saved, *args, f"hydra.run.dir={path}", "hydra.output_subdir=null"]  # its .hydra/ is rewritten only if the run goes on
+
+
+def _other_rank_overrides() -> list[str]:
+    """Under torchrun, ranks other than 0 keep no run folder and log nothing: they get rank 0's folder
+    (broadcast by the trainer) and Hydra's own bookkeeping goes to a temporary folder removed at exit."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"diffctl-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 def run_command(command: str, args: list[str]) -> int:
@@ -184,7 +213,7 @@ def run_command(command: str, args: list[str]) -> int:
 
         new_run_dir.created.clear()  # each command creates its own run folder
         if command == "train":
-            args = _resume_run_dir(args)
+            args = _resume_run_dir(args) + _other_rank_overrides()
         sys.argv = [f"diffctl {command}", *args]
         hydra_app(command)()
         return 0
@@ -197,7 +226,7 @@ def run_command(command: str, args: list[str]) -> int:
         print(f"diffctl {command}: interrupted", file=sys.stderr)
         return 130
     except SystemExit as exit_:  # a job's one-line failure or a stop on request, already reported
-        return exit_.code if isinstance(exit_.code, int) else 1
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     finally:
         sys.argv = saved
         for k, v in saved_env.items():

@@ -219,6 +219,9 @@ class TrainerConfig:
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
+    compile: bool = False  # torch.compile the network for training (minutes of compilation, then faster steps on GPU)
+    channels_last: bool = False  # NHWC memory layout for conv nets (faster convolutions on tensor-core GPUs)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for fp32 work
     max_nonfinite: int = 10  # this many non-finite losses / gradients in a row (each step skipped) stop the run
     cond_drop_prob: float = 0.1  # class-conditional models: probability of training with the null label (classifier-free guidance)
 

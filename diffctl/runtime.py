@@ -158,3 +158,44 @@ def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.de
         log.warning("guidance.classifier was trained on dataset=%s, the model on dataset=%s", trained.cfg.dataset.name, data.name)
     return Classifier(NoisyClassifier(trained.net, trained.alpha_bar.to(device)), trained.num_classes,
                       {"classifier": str(path), "classifier_step": trained.step})
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (world 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process."""
+    import os
+
+    return Distributed(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(dist_info: Distributed, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on CPU) and return this rank's device."""
+    import torch.distributed as dist
+
+    if dist_info.world == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def fast_math(device: torch.device, tf32: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA (Ampere and later): ~2x faster fp32 at ~1e-3 relative precision."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32

@@ -22,7 +22,7 @@ from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
 from .models import build_model, count_parameters
 from .progress import progress_bar
-from .runtime import autocast, resolve_device, resolve_precision, schedule_alpha_bar
+from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
 from .sample import Conditioning, class_labels, generate
 
 log = logging.getLogger("diffctl.train")
@@ -77,7 +77,8 @@ def _loss_functions(loss_cfg: DictConfig):
     return tuple(bind(fn) for fn in LOSSES[loss_cfg.name])
 
 
-RUN_DEFINING = ("dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change
+RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change
+_OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
 
 
 def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
@@ -88,7 +89,7 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
         for k, v in d.items():
             yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
 
-    old = dict(flat({k: saved.get(k, {}) for k in RUN_DEFINING}))
+    old = dict(flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
     new = dict(flat({k: current[k] for k in RUN_DEFINING}))
     keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
     diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k)]
@@ -161,7 +162,17 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed_from_env()
+        self.device = init_distributed(self.dist, resolve_device(cfg.device))
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            shared = [str(self.run_dir)]
+            dist.broadcast_object_list(shared, src=0)  # every rank works in rank 0's run folder
+            self.run_dir = Path(shared[0])
+            if cfg.trainer.batch_size % self.dist.world:
+                raise UsageError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must be divisible by the {self.dist.world} processes")
+        fast_math(self.device, cfg.trainer.tf32)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
@@ -186,7 +197,17 @@ class Trainer:
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(self.device)
         self.net = build_model(cfg.model, self.data.shape, classify=self.data.num_classes if self.classifier else 0).to(self.device)
+        self.channels_last = cfg.trainer.channels_last and len(self.data.shape) == 3
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = EMA(self.net, cfg.trainer.ema_decay)
+        self.forward = self.net  # what training calls: the network, wrapped for DDP and/or compiled
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.trainer.compile:
+            self.forward = torch.compile(self.forward)
         self.sigma_sampler, self.weight = _loss_functions(cfg.loss)
         if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
@@ -220,10 +241,12 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest)."""
+        """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest); rank 0 writes."""
         if not all(torch.isfinite(p).all() for p in [*self.net.parameters(), *self.ema.model.parameters()]):
             raise UsageError(f"the weights are not finite at step {self.step}: not checkpointed, the last good checkpoint is kept; "
                              f"lower optim.lr or use trainer.precision=fp32")
+        if not self.dist.main:
+            return self.ckpt_dir / checkpoint_name(self.step)
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.step), self.state())
         prune_checkpoints(self.ckpt_dir, self.cfg.trainer.keep_last)
         return path
@@ -248,7 +271,11 @@ class Trainer:
     def train_step(self) -> tuple[float, float, bool]:
         """One optimisation step: (loss, gradient norm, whether it was applied).  A non-finite loss or
         gradient norm skips the update (weights, optimiser and EMA untouched; fp16's GradScaler lowers
-        its scale) but the step still counts, so data order and LR schedule stay those of the run."""
+        its scale) but the step still counts, so data order and LR schedule stay those of the run.
+
+        Every rank of a torchrun job draws the same global batch (indices, noise levels, noise, flips,
+        dropped labels) from the same generators and trains on its own contiguous share of it, so N
+        processes follow the trajectory of one process with the same global batch."""
         n = self.cfg.trainer.batch_size
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
         sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
@@ -256,18 +283,32 @@ class Trainer:
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = (torch.rand(n, generator=self.gen) < 0.5).to(self.device)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        net = self.net
+        net = self.forward
         if self.num_classes:
             y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen)
-            net = lambda x, t: self.net(x, t, y)
+            net = lambda x, t: self.forward(x, t, y)
         noise = torch.randn_like(x0)
+        if self.dist.world > 1:
+            share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
+            x0, sigma, noise, idx = x0[share], sigma[share], noise[share], idx[share]
+            if self.num_classes:
+                y_all = y
+                net = lambda x, t: self.forward(x, t, y_all[share])
+        if self.channels_last:
+            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             if self.classifier:
-                loss = classifier_loss(self.net, x0, self.train_y[idx], sigma, noise, self.alpha_bar_dev).mean()
+                loss = classifier_loss(self.forward, x0, self.train_y[idx], sigma, noise, self.alpha_bar_dev).mean()
             else:
                 loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
         self.opt.zero_grad(set_to_none=True)
-        grad_norm, ok = torch.tensor(float("nan")), bool(torch.isfinite(loss))
+        global_loss = loss.detach().float()
+        if self.dist.world > 1:  # every rank decides on the same (global) loss
+            import torch.distributed as dist
+
+            dist.all_reduce(global_loss)
+            global_loss /= self.dist.world
+        grad_norm, ok = torch.tensor(float("nan")), bool(torch.isfinite(global_loss))
         if ok:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
@@ -283,10 +324,12 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.sched.step()
         self.step += 1
-        return loss.item(), grad_norm.item(), ok
+        return global_loss.item(), grad_norm.item(), ok
 
-    def snapshot(self) -> Path:
-        """A picture of the EMA model at this step: its samples, or a classifier's accuracy against noise."""
+    def snapshot(self) -> Path | None:
+        """A picture of the EMA model at this step: its samples, or a classifier's accuracy against noise (rank 0)."""
+        if not self.dist.main:
+            return None
         return self.accuracy_plot() if self.classifier else self.sample_grid()
 
     @torch.no_grad()
@@ -302,7 +345,7 @@ class Trainer:
         z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
         acc = []
         for s in sigmas.tolist():
-            hits = sum((classify(x0[i:i + 500] + s * z[i:i + 500], torch.tensor(s)).argmax(1) == y[i:i + 500]).sum().item()
+            hits = sum((classify(x0[i:i + 500] + s * z[i:i + 500], torch.tensor(s, device=self.device)).argmax(1) == y[i:i + 500]).sum().item()
                        for i in range(0, len(x0), 500))
             acc.append(round(hits / len(x0), 4))
         self.metrics.write(step=self.step, test_accuracy=dict(zip(map(str, ts.tolist()), acc)))
@@ -350,7 +393,8 @@ class Trainer:
         resume = _resume_path(self.cfg, self.run_dir)
         if resume is not None:
             self.load(resume)
-            self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
+            if self.dist.main:
+                self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous",
@@ -365,7 +409,7 @@ class Trainer:
                 if ok:
                     self.window.append(loss)
                 advance(loss=loss)
-                if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
+                if self.dist.main and ((tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps):
                     now = time.perf_counter()
                     logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
                     self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
@@ -377,6 +421,12 @@ class Trainer:
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
                     recent = sum(self.window) / len(self.window) if self.window else logged_loss
                     log.info("step %d: loss %.4f (mean since the last log line), checkpoint %s", self.step, recent, self.save().name)
+                if self.dist.world > 1:  # every rank stops at the same step, whichever received the signal
+                    import torch.distributed as dist
+
+                    flag = torch.tensor([stop.signum or 0], device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop.signum = int(flag.item()) or None
                 if stop.signum is not None and self.step < tc.steps:
                     path = self.save()
                     raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {self.step} of {tc.steps}; checkpoint {path}. "

@@ -376,3 +376,46 @@ def test_concurrent_commands_never_share_a_folder(diffctl):
     assert len(set(folders)) == 3
     for folder, s in zip(folders, ("linear", "cosine", "sigmoid")):
         assert (folder / "schedule.png").exists() and f"- {s}" in (folder / "config.yaml").read_text()
+
+
+# --- scale out: DistributedDataParallel over gloo ---------------------------------------------------
+@pytest.mark.slow
+def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path):
+    # torchrun with 2 CPU processes and global batch 8 (4 each) against one process with batch 8
+    args = [*SMALL, "trainer.steps=6", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.precision=fp32", "model.num_classes=10"]
+    env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "diffctl", "train", *args, f"hydra.run.dir={tmp_path / 'one'}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffctl", "train", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr
+    folders = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert len(folders) == 1 and two.stdout.count("run folder:") == 1  # one run folder, written by rank 0 only
+    run = folders[0]
+    a, b = _losses(tmp_path / "one"), _losses(run)
+    assert [r[0] for r in a] == [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert all(abs(x[1] - y[1]) < 1e-5 and x[2] == y[2] for x, y in zip(a, b)), (a, b)
+    sa, sb = (load_checkpoint(d / "checkpoints" / "step_00000006.pt") for d in (tmp_path / "one", run))
+    for key in ("model", "ema"):
+        assert all(torch.allclose(sa[key][k], sb[key][k], atol=1e-5) for k in sa[key]), key
+    assert [p.name for p in (run / "checkpoints").iterdir()] and (run / "samples" / "step_00000006.png").exists()
+
+
+def test_a_rejected_resume_leaves_the_run_as_it_was_and_a_finished_resume_clears_failed(cli, tmp_path):
+    code, out, err = cli("train", *TINY_TRAIN, "trainer.sample_every=0")
+    assert code == 0, err
+    run = next((tmp_path / "outputs" / "train").glob("*/*"))
+    before = {p: (run / p).read_text() for p in ("config.yaml", ".hydra/overrides.yaml")}
+    for args, message in ((["optim.lr=0.5"], "optim.lr=0.002 (now 0.5)"), (["task=classifier"], "task='diffusion' (now 'classifier')")):
+        code, out, err = cli("train", f"resume={run}", *args)
+        assert code == 2 and message in err, err
+        assert {p: (run / p).read_text() for p in before} == before  # config and overrides untouched
+    assert not (run / "FAILED").exists()
+    (run / "FAILED").write_text("diffctl train failed: interrupted\n")  # as a second Ctrl-C leaves it
+    code, out, err = cli("train", f"resume={run}", "trainer.steps=6")
+    assert code == 0, err
+    assert not (run / "FAILED").exists() and "steps: 6" in (run / "config.yaml").read_text()
+    assert "trainer.steps=6" in (run / ".hydra" / "overrides.yaml").read_text()  # a later resume=<run> continues with it
+    code, out, err = cli("sample", "ckpt=latest", "steps=2", "num_samples=2")
+    assert code == 0 and str(run) in out + err

@@ -64,7 +64,8 @@ def output_to_x0_eps(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alph
 def network_inputs(x: torch.Tensor, sigma: torch.Tensor, alpha_bar: torch.Tensor):
     """(x_t, t, alpha_bar_t) a network trained on the VP schedule ``alpha_bar`` sees for the scaled
     variable ``x`` = x_0 + sigma eps: x_t = x / sqrt(1 + sigma^2) and the continuous timestep of sigma."""
-    sigma = sigma.double().expand(x.shape[0]) if sigma.ndim == 0 else sigma.double()
+    sigma = sigma.to(x.device, torch.float64)
+    sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
     alpha_bar_t = 1 / (1 + sigma**2)
     t = sigma_to_t(sigma, alpha_bar.to(sigma.device))
     return x * _bcast(alpha_bar_t.sqrt(), x), t, alpha_bar_t

@@ -45,19 +45,24 @@ def save_checkpoint(path: Path, state: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-        _fsync_dir(path.parent)
     except OSError as e:
         raise UsageError(f"could not write checkpoint {path}: {e.strerror or e} (disk full or quota?); nothing was replaced") from None
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
 
 
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (its directory entry survives a power loss)."""
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a folder: the rename itself is done
+        pass
     finally:
         os.close(fd)
 

@@ -19,20 +19,22 @@ def new_run_dir(parent: str) -> str:
     second never share a folder: the second gets ``<time>_1`` (the Hydra resolver ``diffctl_run_dir``).
     Memoised per parent within one command, so every resolution of the run folder gives the same path."""
     import datetime
-    import itertools
 
     if parent in new_run_dir.created:
         return new_run_dir.created[parent]
     now = datetime.datetime.now()
     day = Path(parent) / now.strftime("%Y-%m-%d")
     day.mkdir(parents=True, exist_ok=True)
-    for i in itertools.count():
+    i = 0
+    while True:
         path = day / (now.strftime("%H-%M-%S") + (f"_{i}" if i else ""))
         try:
             path.mkdir()
             break
         except FileExistsError:
-            continue
+            i += 1
+        except FileNotFoundError:  # a failed run just removed the (then empty) date folder: make it again
+            day.mkdir(parents=True, exist_ok=True)
     new_run_dir.created[parent] = str(path)
     return str(path)
 
