@@ -419,3 +419,32 @@ def test_a_rejected_resume_leaves_the_run_as_it_was_and_a_finished_resume_clears
     assert "trainer.steps=6" in (run / ".hydra" / "overrides.yaml").read_text()  # a later resume=<run> continues with it
     code, out, err = cli("sample", "ckpt=latest", "steps=2", "num_samples=2")
     assert code == 0 and str(run) in out + err
+
+
+def test_compile_and_channels_last_train_the_same_model(tmp_path, monkeypatch):
+    # torch.compile with dynamo's eager backend (the real inductor backend needs a minute of compilation on CPU):
+    # the plumbing is the same, and checkpoints keep the plain module's keys
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager"))
+    opts = ["trainer.steps=3", "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.precision=fp32"]
+    plain = _trainer(tmp_path / "plain", *opts)
+    plain.fit()
+    fast = _trainer(tmp_path / "fast", *opts, "trainer.compile=true", "trainer.channels_last=true")
+    assert fast.forward is not fast.net
+    fast.fit()
+    assert all(abs(a[1] - b[1]) < 1e-4 for a, b in zip(_losses(tmp_path / "plain"), _losses(tmp_path / "fast")))
+    state = load_checkpoint(list_checkpoints(tmp_path / "fast" / "checkpoints")[-1])
+    assert state["model"].keys() == plain.net.state_dict().keys()  # no _orig_mod. prefixes
+    assert all(torch.allclose(state["model"][k], v, atol=1e-4) for k, v in plain.net.state_dict().items())
+
+
+@pytest.mark.slow
+def test_bench_script_runs_and_records_its_numbers(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--model", "unet_tiny", "--batch", "8", "--steps", "2", "--sample-steps", "2",
+                           "--sample-batch", "8", "--precision", "fp32", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["parameters"] > 0 and record["forward_gflops_per_img"] > 0 and record["matmul_tflops"] > 0
+    assert record["train_img_per_s"] > 0 and record["sample_img_per_s"] > 0 and 0 < record["train_mfu"] and "train_img_per_s" in proc.stdout
