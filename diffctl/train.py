@@ -236,6 +236,7 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "data_shape": list(self.data.shape),
             "num_classes": self.data.num_classes,
+            "data_levels": self.data.levels,  # quantisation levels of the pixels (None: continuous data)
             "loss_window": list(self.window),
             "nonfinite": self.nonfinite,
         }

@@ -18,7 +18,8 @@ def test_top_level_help_lists_the_commands(diffctl):
 
 def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
-    assert "dataset: digits, digits_gmm, gmm, moons, swiss_roll" in out
+    assert "dataset: celeba, cifar10, digits, digits_gmm, fashion_mnist, folder, gmm, mnist, mnist5k, moons, swiss_roll" in out
+    assert "experiment: ddpm_cifar10, edm_cifar10, iddpm_cifar10" in out
     assert "model: mlp, oracle, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
