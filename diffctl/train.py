@@ -284,17 +284,13 @@ class Trainer:
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = (torch.rand(n, generator=self.gen) < 0.5).to(self.device)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        net = self.forward
-        if self.num_classes:
-            y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen)
-            net = lambda x, t: self.forward(x, t, y)
+        y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen) if self.num_classes else None
         noise = torch.randn_like(x0)
         if self.dist.world > 1:
             share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
             x0, sigma, noise, idx = x0[share], sigma[share], noise[share], idx[share]
-            if self.num_classes:
-                y_all = y
-                net = lambda x, t: self.forward(x, t, y_all[share])
+            y = y[share] if y is not None else None
+        net = self.forward if y is None else (lambda x, t: self.forward(x, t, y))
         if self.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
@@ -410,12 +406,13 @@ class Trainer:
                 if ok:
                     self.window.append(loss)
                 advance(loss=loss)
-                if self.dist.main and ((tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps):
+                if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
                     now = time.perf_counter()
                     logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
-                    self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
-                                       grad_norm=grad_norm if math.isfinite(grad_norm) else None,
-                                       img_per_s=round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1))
+                    if self.dist.main:
+                        self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
+                                           grad_norm=grad_norm if math.isfinite(grad_norm) else None,
+                                           img_per_s=round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1))
                     self.window, window_t0, window_steps = [], now, 0
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()
