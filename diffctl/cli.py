@@ -78,7 +78,8 @@ def hydra_app(command: str) -> Callable[[], None]:
             summary = _runner(command)(cfg, run_dir) or {}
         except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
             record()
-            print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
             raise SystemExit(e.code) from None
         except BaseException as e:
             if fresh:
@@ -100,7 +101,7 @@ def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
 
     if not run_dir.is_dir():
         return
-    bookkeeping = {"config.yaml", ".hydra", f"{command.replace('-', '_')}.log", f"{command}.log"}
+    bookkeeping = {"config.yaml", ".hydra", f"{command.replace('-', '_')}.log", f"{command}.log", "multirun.yaml"}
     if all(p.name in bookkeeping for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
         for empty in (run_dir.parent, run_dir.parent.parent):  # the date and command folders, if this was their only run
@@ -140,8 +141,20 @@ def _fail(command: str, err: BaseException) -> None:
     if os.environ.get("DIFFCTL_FULL_ERROR") == "1":
         raise err
     logging.getLogger("diffctl").debug("error", exc_info=err)
-    print(f"diffctl {command}: error: {_one_line(err)}", file=sys.stderr, flush=True)
+    rank = int(os.environ.get("RANK", 0))
+    print(f"diffctl {command}{f' (rank {rank})' if rank else ''}: error: {_one_line(err)}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def _from_plugin(err: BaseException) -> bool:
+    """Raised inside a Hydra launcher or sweeper plugin (e.g. submitit without SLURM): the environment's
+    problem, reported in one line like a bad option."""
+    tb = err.__traceback__
+    while tb is not None:
+        if "hydra_plugins" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _user_errors() -> tuple:
@@ -217,7 +230,11 @@ def run_command(command: str, args: list[str]) -> int:
         sys.argv = [f"diffctl {command}", *args]
         hydra_app(command)()
         return 0
-    except _user_errors() as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()) and not _from_plugin(e):
+            raise  # a bug: its traceback is what a report needs
+        for folder in new_run_dir.created.values():  # a sweep folder a launcher left with only its multirun.yaml
+            _discard_run_dir(Path(folder), command, e)
         try:
             _fail(command, e)
         except SystemExit as exit_:
@@ -265,20 +282,31 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
     from rich.console import Console
     from rich.table import Table
 
-    from .io.rundir import run_task
+    from .io.checkpoint import list_checkpoints
+    from .io.rundir import CKPT_DIR, run_task
 
     root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
-    table = Table("command", "run folder", "holds")
-    table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
+    rows = []
     found = [p for p in root.glob("*/**/config.yaml") if p.parent.name != ".hydra"]
     for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         folder = cfg.parent
         names = {p.name for p in folder.iterdir()}
-        holds = [k for k in ("FAILED", "checkpoints", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
+        holds = [k for k in ("FAILED", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
+        ckpts = list_checkpoints(folder / CKPT_DIR)
+        if ckpts:
+            holds.insert(1 if "FAILED" in names else 0, f"checkpoint step {int(ckpts[-1].stem.split('_')[1])}")
         command = folder.relative_to(root).parts[0]
         if command == "train" and run_task(folder) != "diffusion":
             command += f" ({run_task(folder)})"
-        table.add_row(command, str(folder), ", ".join(holds))
+        rows.append((command, str(folder), ", ".join(holds)))
+    if not sys.stdout.isatty():  # piped or logged: whole paths, one run per line, tab-separated
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table("command", "run folder", "holds")
+    table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
 
 

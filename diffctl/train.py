@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -267,6 +268,10 @@ class Trainer:
         _set_rng_state(state["rng"], self.gen)
         self.step = state["step"]
         self.window, self.nonfinite = list(state.get("loss_window", [])), state.get("nonfinite", 0)
+        before = state["config"].get("trainer", {}).get("steps")
+        if before is not None and before != self.cfg.trainer.steps:
+            log.warning("trainer.steps changed from %d to %d on resume: the learning-rate schedule (warm-up, then %s) now spans %d steps",
+                        before, self.cfg.trainer.steps, self.cfg.optim.decay, self.cfg.trainer.steps)
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, bool]:
@@ -393,9 +398,10 @@ class Trainer:
             if self.dist.main:
                 self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
             log.info("resumed from %s at step %d", resume, self.step)
-        log.info("model %s: %s parameters; %s on %s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
-                 self.precision, self.device, self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous",
-                 ", random flips" if self.data.hflip else "")
+        log.info("model %s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
+                 self.precision, self.device,
+                 f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.world > 1 else "",
+                 self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")
         t0, logged_loss = time.perf_counter(), float("nan")
         window_t0, window_steps, start_step = t0, 0, self.step
         with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:
@@ -410,9 +416,11 @@ class Trainer:
                     now = time.perf_counter()
                     logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
                     if self.dist.main:
+                        rate = round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1)
                         self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
-                                           grad_norm=grad_norm if math.isfinite(grad_norm) else None,
-                                           img_per_s=round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1))
+                                           grad_norm=grad_norm if math.isfinite(grad_norm) else None, img_per_s=rate)
+                        if not sys.stderr.isatty():  # no progress bar (a batch job's log): a line per log_every instead
+                            log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s", self.step, tc.steps, logged_loss, self.sched.get_last_lr()[0], rate)
                     self.window, window_t0, window_steps = [], now, 0
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()

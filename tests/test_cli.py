@@ -1,6 +1,10 @@
 """The real CLI in subprocesses, in a temp output root."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +110,15 @@ def test_multirun_sweep_writes_one_folder_per_job(diffctl):
     assert {"linear", "cosine"} == {j.read_text().split("schedule:\n  name: ")[1].split("\n")[0] for j in jobs}
     for j in jobs:
         assert (j.parent / "checkpoints" / "step_00000004.pt").exists()
+    # scripts/sweep_table.py evaluates each job and writes one table
+    sweep = jobs[0].parent.parent
+    env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(diffctl.root)}
+    table = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts" / "sweep_table.py"), str(sweep), "num_samples=300",
+                            "steps=2", f"paths.cache_dir={diffctl.root / '.cache'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert table.returncode == 0, table.stderr
+    rows = json.loads((sweep / "sweep_table.json").read_text())
+    assert [r["job"] for r in rows] == ["0", "1"] and all(r["fd_ref"] > 0 and r["test_loss_eps"] > 0 for r in rows)
+    assert "schedule=linear" in rows[0]["overrides"] and (sweep / "sweep_table.md").exists()
 
 
 @pytest.mark.slow

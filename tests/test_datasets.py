@@ -125,8 +125,12 @@ def test_missing_files_name_what_goes_where(tmp_path, monkeypatch):
         load_dataset(_cfg("cifar10", tmp_path))
     with pytest.raises(UsageError, match=r"celeba lacks img_align_celeba/, list_eval_partition.txt"):
         load_dataset(_cfg("celeba", tmp_path))
-    with pytest.raises(UsageError, match="is not a folder"):
+    with pytest.raises(UsageError, match="nope does not exist"):
         load_dataset(_cfg("folder", tmp_path / "nope"))
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(UsageError, match=r"no subfolders in .*flat; put the images in .*flat/<class>/"):
+        load_dataset(_cfg("folder", tmp_path / "flat"))
     import torchvision.datasets as tvd
 
     def offline(*a, **k):

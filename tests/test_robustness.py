@@ -419,6 +419,8 @@ def test_a_rejected_resume_leaves_the_run_as_it_was_and_a_finished_resume_clears
     (run / "FAILED").write_text("diffctl train failed: interrupted\n")  # as a second Ctrl-C leaves it
     code, out, err = cli("train", f"resume={run}", "trainer.steps=6")
     assert code == 0, err
+    assert "trainer.steps changed from 4 to 6 on resume" in out + err
+    assert "step 6/6: loss" in out + err  # without a terminal (no progress bar) the log gets a line per log_every
     assert not (run / "FAILED").exists() and "steps: 6" in (run / "config.yaml").read_text()
     assert "trainer.steps=6" in (run / ".hydra" / "overrides.yaml").read_text()  # a later resume=<run> continues with it
     code, out, err = cli("sample", "ckpt=latest", "steps=2", "num_samples=2")
@@ -452,3 +454,12 @@ def test_bench_script_runs_and_records_its_numbers(tmp_path):
     record = json.loads(out.read_text())
     assert record["parameters"] > 0 and record["forward_gflops_per_img"] > 0 and record["matmul_tflops"] > 0
     assert record["train_img_per_s"] > 0 and record["sample_img_per_s"] > 0 and 0 < record["train_mfu"] and "train_img_per_s" in proc.stdout
+
+
+def test_a_launcher_that_cannot_launch_is_a_one_line_error_without_a_sweep_folder(cli, tmp_path):
+    # without SLURM (or without the submitit plugin) the slurm preset cannot launch: one line, no folder left behind
+    code, out, err = cli("inspect-schedule", "-m", "hydra/launcher=slurm", "schedule=linear,cosine")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffctl inspect-schedule: error: ") and "Traceback" not in err, err
+    assert "srun" in lines[0] or "submitit_slurm" in lines[0], lines[0]
+    assert not list((tmp_path / "outputs").rglob("multirun.yaml"))

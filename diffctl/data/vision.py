@@ -171,11 +171,13 @@ def _folder(cfg, split: str):
 
     root = Path(cfg.root)
     if not root.is_dir():
-        raise UsageError(f"dataset=folder: dataset.root={cfg.root} is not a folder (one subfolder of images per class)")
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise UsageError(f"dataset=folder: dataset.root={cfg.root} {what}; give a folder with one subfolder of images per class")
     try:
         classes, index = find_classes(str(root))
-    except FileNotFoundError as e:
-        raise UsageError(f"dataset=folder: {e}") from None
+    except FileNotFoundError:
+        raise UsageError(f"dataset=folder: no subfolders in {root}; put the images in {root}/<class>/ (one subfolder per class, "
+                         f"a single one for unlabelled images)") from None
     items = sorted((p, index[c]) for c in classes for p in (root / c).rglob("*") if p.suffix.lower() in EXTENSIONS)
     if len(items) < 2:
         raise UsageError(f"dataset=folder: fewer than 2 images under {root}/<class>/ ({', '.join(EXTENSIONS)})")
