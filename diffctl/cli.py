@@ -48,7 +48,8 @@ def hydra_app(command: str) -> Callable[[], None]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from .config import register_schemas, validate
+    from .config import register_schemas
+    from .validation import validate
     from .errors import Interrupted
     from .io.rundir import new_run_dir, save_config
 
@@ -78,7 +79,7 @@ def hydra_app(command: str) -> Callable[[], None]:
             summary = _runner(command)(cfg, run_dir) or {}
         except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
             record()
-            if int(os.environ.get("RANK", 0)) == 0:
+            if _rank() == 0:
                 print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
             raise SystemExit(e.code) from None
         except BaseException as e:
@@ -88,11 +89,16 @@ def hydra_app(command: str) -> Callable[[], None]:
                 _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
             raise
         record()
-        if int(os.environ.get("RANK", 0)) == 0:
+        if _rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         return summary.get("objective")  # what a Hydra sweeper (optuna) minimises
 
     return app
+
+
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 otherwise)."""
+    return int(os.environ.get("RANK", 0))
 
 
 def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
@@ -141,7 +147,7 @@ def _fail(command: str, err: BaseException) -> None:
     if os.environ.get("DIFFCTL_FULL_ERROR") == "1":
         raise err
     logging.getLogger("diffctl").debug("error", exc_info=err)
-    rank = int(os.environ.get("RANK", 0))
+    rank = _rank()
     print(f"diffctl {command}{f' (rank {rank})' if rank else ''}: error: {_one_line(err)}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
@@ -199,7 +205,7 @@ def _resume_run_dir(args: list[str]) -> list[str]:
 def _other_rank_overrides() -> list[str]:
     """Under torchrun, ranks other than 0 keep no run folder and log nothing: they get rank 0's folder
     (broadcast by the trainer) and Hydra's own bookkeeping goes to a temporary folder removed at exit."""
-    if int(os.environ.get("RANK", 0)) == 0:
+    if _rank() == 0:
         return []
     import atexit
     import shutil
@@ -296,8 +302,9 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
         if ckpts:
             holds.insert(1 if "FAILED" in names else 0, f"checkpoint step {int(ckpts[-1].stem.split('_')[1])}")
         command = folder.relative_to(root).parts[0]
-        if command == "train" and run_task(folder) != "diffusion":
-            command += f" ({run_task(folder)})"
+        task = run_task(folder) if command == "train" else "diffusion"
+        if task != "diffusion":
+            command += f" ({task})"
         rows.append((command, str(folder), ", ".join(holds)))
     if not sys.stdout.isatty():  # piped or logged: whole paths, one run per line, tab-separated
         for row in rows:

@@ -53,7 +53,7 @@ def _side_by_side(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
 
 def _grid(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
     """(sampler config, steps) pairs: ``samplers`` x ``steps``; spacing, rho and clip of ``sampler`` apply to all."""
-    steps = list(cfg.steps) if OmegaConf.is_list(cfg.steps) else [cfg.steps]  # checked by config.validate
+    steps = list(cfg.steps) if OmegaConf.is_list(cfg.steps) else [cfg.steps]  # checked by validation.validate
     configs = []
     for name in cfg.samplers or [cfg.sampler.name]:
         try:

@@ -11,6 +11,33 @@ TINY_TRAIN = [
 ]
 
 
+SMALL = ["model=unet_tiny", "trainer.batch_size=8", "trainer.sample_every=0", "trainer.num_grid=4", "trainer.sample_steps=2",
+         "optim.warmup_steps=2"]
+
+
+def make_trainer(run_dir, *overrides):
+    """An in-process Trainer on the composed train config with SMALL and ``overrides``."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffctl.config import register_schemas
+    from diffctl.train import Trainer
+
+    GlobalHydra.instance().clear()
+    register_schemas()
+    with initialize_config_module("diffctl.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[*SMALL, *overrides])
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, run_dir)
+
+
+def logged_losses(run_dir: Path) -> list:
+    """(step, loss, lr, grad_norm) of every line of a run's metrics.jsonl."""
+    import json
+
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """Shared across the session so the reference classifier is trained once."""

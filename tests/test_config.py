@@ -8,7 +8,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from diffctl.config import register_schemas, validate
+from diffctl.config import register_schemas
+from diffctl.validation import validate
 from diffctl.data import load_dataset
 from diffctl.models import build_model, count_parameters
 from diffctl.runtime import schedule_alpha_bar
