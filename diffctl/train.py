@@ -447,4 +447,11 @@ class Trainer:
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
-    return Trainer(cfg, run_dir).fit()
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.dist.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
