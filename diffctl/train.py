@@ -6,7 +6,6 @@ import logging
 import math
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
 from .models import build_model, count_parameters
 from .progress import progress_bar
+from .resume import StopRequest, check_same_run, resume_path, rng_state, set_rng_state
 from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
 from .sample import Conditioning, class_labels, generate
 
@@ -78,84 +78,10 @@ def _loss_functions(loss_cfg: DictConfig):
     return tuple(bind(fn) for fn in LOSSES[loss_cfg.name])
 
 
-RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change
-_OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
-
-
-def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
-    """Resuming continues a run: its data, model, schedule, loss and optimiser must be the same."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-    old = dict(flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
-    new = dict(flat({k: current[k] for k in RUN_DEFINING}))
-    keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
-    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k)]
-    if diffs:
-        raise UsageError(f"cannot resume from {path}: it was trained with {', '.join(diffs[:3])}; use the run's own overrides "
-                         f"(resume=<run folder> reuses them) or start a new run")
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: ``resume=auto`` looks in this run folder."""
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        found = list_checkpoints(run_dir / CKPT_DIR)
-        return found[-1] if found else None
-    path = Path(cfg.resume).expanduser()
-    found = [path] if path.is_file() else list_checkpoints(path / CKPT_DIR)
-    if not found:
-        raise UsageError(f"resume={cfg.resume}: no checkpoint there (give auto, never, a run folder or a checkpoint file)")
-    return found[-1]
-
-
 def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
     """Classifier-free training: each label becomes the null label with probability ``p``."""
     drop = torch.rand(len(y), generator=generator).to(y.device) < p
     return torch.where(drop, torch.full_like(y, null), y)
-
-
-class StopRequest:
-    """While active, SIGINT / SIGTERM only set ``signum``: the loop finishes its step, checkpoints and
-    stops.  A second signal aborts at once (KeyboardInterrupt).  Inactive outside the main thread."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum, self.saved = None, {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: finishing this step and writing a checkpoint (send it again to abort at once)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.saved.items():
-            signal.signal(s, handler)
 
 
 class Trainer:
@@ -233,7 +159,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "lr_scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(self.gen),
+            "rng": rng_state(self.gen),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "data_shape": list(self.data.shape),
             "num_classes": self.data.num_classes,
@@ -255,7 +181,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)  # on CPU: RNG states must stay there; load_state_dict moves weights
-        _check_same_run(state["config"], self.cfg, path)
+        check_same_run(state["config"], self.cfg, path)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
@@ -265,7 +191,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], self.gen)
+        set_rng_state(state["rng"], self.gen)
         self.step = state["step"]
         self.window, self.nonfinite = list(state.get("loss_window", [])), state.get("nonfinite", 0)
         before = state["config"].get("trainer", {}).get("steps")
@@ -392,7 +318,7 @@ class Trainer:
 
     def fit(self) -> dict:
         tc = self.cfg.trainer
-        resume = _resume_path(self.cfg, self.run_dir)
+        resume = resume_path(self.cfg, self.run_dir)
         if resume is not None:
             self.load(resume)
             if self.dist.main:
