@@ -10,8 +10,10 @@ the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -51,7 +53,7 @@ def hydra_app(command: str) -> Callable[[], None]:
     from .config import register_schemas
     from .validation import validate
     from .errors import Interrupted
-    from .io.rundir import new_run_dir, save_config
+    from .io.rundir import RunLock, new_run_dir, owned, save_config
 
     register_schemas()
     OmegaConf.register_new_resolver("diffctl_run_dir", new_run_dir, use_cache=True, replace=True)
@@ -59,7 +61,7 @@ def hydra_app(command: str) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
     def app(cfg):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        fresh = not (run_dir / "config.yaml").exists()  # not a resumed run's folder
+        fresh = owned(run_dir)  # made by this command (a resumed run's folder is not: nothing in it is ever removed)
 
         def record() -> None:
             """The run's config (and a continued run's overrides, which a later resume=<folder> reuses); written
@@ -71,24 +73,27 @@ def hydra_app(command: str) -> Callable[[], None]:
                 OmegaConf.save(OmegaConf.create(task), run_dir / ".hydra" / "overrides.yaml")
             (run_dir / "FAILED").unlink(missing_ok=True)
 
-        try:
-            validate(cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                save_config(run_dir, cfg)
-            summary = _runner(command)(cfg, run_dir) or {}
-        except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
+        with contextlib.ExitStack() as held:
+            try:
+                validate(cfg)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if command == "train" and _rank() == 0:  # one process trains in a run folder at a time
+                    held.enter_context(RunLock(run_dir))
+                if fresh:
+                    save_config(run_dir, cfg)
+                summary = _runner(command)(cfg, run_dir) or {}
+            except Interrupted as e:  # stopped on request, its state saved: resumable, not failed
+                record()
+                if _rank() == 0:
+                    print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
+                raise SystemExit(e.code) from None
+            except BaseException as e:
+                if fresh:
+                    _discard_run_dir(run_dir, command, e)
+                if isinstance(e, _user_errors()):
+                    _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
+                raise
             record()
-            if _rank() == 0:
-                print(f"diffctl {command}: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(e.code) from None
-        except BaseException as e:
-            if fresh:
-                _discard_run_dir(run_dir, command, e)
-            if isinstance(e, _user_errors()):
-                _fail(command, e)  # reported here, inside the job, so Hydra adds no lines of its own around it
-            raise
-        record()
         if _rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         return summary.get("objective")  # what a Hydra sweeper (optuna) minimises
@@ -102,19 +107,18 @@ def _rank() -> int:
 
 
 def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
-    """A run that failed before producing anything leaves no folder; one that did is marked FAILED."""
+    """A run that failed before producing anything leaves no folder; one that did is marked FAILED.
+    Only a folder this command created is ever removed (with the date and command folders it made)."""
     import shutil
 
-    if not run_dir.is_dir():
+    from .io.rundir import RunLock, owned, remove_made_parents
+
+    if not run_dir.is_dir() or not owned(run_dir):
         return
-    bookkeeping = {"config.yaml", ".hydra", f"{command.replace('-', '_')}.log", f"{command}.log", "multirun.yaml"}
+    bookkeeping = {"config.yaml", ".hydra", f"{command.replace('-', '_')}.log", f"{command}.log", "multirun.yaml", RunLock.NAME}
     if all(p.name in bookkeeping for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
-        for empty in (run_dir.parent, run_dir.parent.parent):  # the date and command folders, if this was their only run
-            try:
-                empty.rmdir()
-            except OSError:
-                break
+        remove_made_parents(run_dir)
     else:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _one_line(err) or type(err).__name__
         (run_dir / "FAILED").write_text(f"diffctl {command} failed: {reason}\n")
@@ -134,7 +138,7 @@ def _one_line(err: BaseException) -> str:
                 parts.append(line)
         if "Config search path" in str(e):
             break
-    text = "; ".join(parts)
+    text = re.sub(r"\b\w+ raised while resolving interpolation: ", "", "; ".join(parts))  # our own error inside a resolver
     if "Available options in" in text:  # Hydra lists options one per line: join them with commas
         head, _, opts = text.partition("Available options in")
         name, _, opts = opts.partition(":")
@@ -182,24 +186,58 @@ def _resume_run_dir(args: list[str]) -> list[str]:
     The run's own command-line overrides (``.hydra/overrides.yaml``) come first, so the same config
     is composed; any given now win (e.g. a larger ``trainer.steps``).
     """
-    values = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    from .errors import UsageError
+    from .io.checkpoint import list_checkpoints
+    from .io.rundir import CKPT_DIR
+
+    values = [_unquote(a.split("=", 1)[1]) for a in args if a.startswith("resume=")]
     if not values or values[-1] in ("auto", "never") or any(a.startswith("hydra.run.dir=") for a in args):
         return args
     path = Path(values[-1]).expanduser()
     if path.is_file():
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if not path.is_dir():
-        from .errors import UsageError
-
+        if path.parent.name != CKPT_DIR:
+            return args  # a checkpoint outside a run folder: continued in a new run folder
+        path = path.parent.parent
+    elif not path.is_dir():
         raise UsageError(f"resume={values[-1]}: no such run folder or checkpoint")
+    elif not list_checkpoints(path / CKPT_DIR):  # checked before anything is written there: it may not be diffctl's folder
+        raise UsageError(f"resume={values[-1]}: no checkpoint in {path / CKPT_DIR} (give a run folder with checkpoints, a checkpoint file, auto or never)")
     saved_file = path / ".hydra" / "overrides.yaml"
     given = {_override_key(a) for a in args}
     saved = []
     if saved_file.exists():
-        from omegaconf import OmegaConf
+        import yaml
 
-        saved = [o for o in OmegaConf.load(saved_file) if _override_key(o) not in given and not _override_key(o).startswith(("hydra.", "resume"))]
-    return [*saved, *args, f"hydra.run.dir={path}", "hydra.output_subdir=null"]  # its .hydra/ is rewritten only if the run goes on
+        try:
+            listed = yaml.safe_load(saved_file.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise UsageError(f"resume={values[-1]}: cannot read {saved_file} ({type(e).__name__}); fix or remove it and give the run's overrides again") from None
+        if not isinstance(listed, list) or not all(isinstance(o, str) for o in listed):
+            raise UsageError(f"resume={values[-1]}: {saved_file} is not a list of overrides; fix or remove it and give the run's overrides again")
+        saved = [o for o in listed if _override_key(o) not in given and not _override_key(o).startswith(("hydra.", "resume"))]
+    return [*saved, *args, f"hydra.run.dir={_quote(str(path))}", "hydra.output_subdir=null"]  # its .hydra/ is rewritten only if the run goes on
+
+
+def _quote(value: str) -> str:
+    """A value as Hydra's override grammar reads it back unchanged: quoted when it holds characters the
+    grammar does not take unquoted (non-ASCII letters, spaces)."""
+    if value.isascii() and " " not in value or "'" in value or "\\" in value:
+        return value
+    return f"'{value}'"
+
+
+def _unquote(value: str) -> str:
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def _quote_overrides(args: list[str]) -> list[str]:
+    """``key=<non-ASCII path>`` quoted, so a run folder under such a path can be given to ckpt=, resume=, ..."""
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        plain = not value.isascii() and "," not in value and value[:1] not in "'\"[{"
+        out.append(f"{key}={_quote(value)}" if eq and not key.startswith("-") and plain else a)
+    return out
 
 
 def _other_rank_overrides() -> list[str]:
@@ -222,15 +260,16 @@ def run_command(command: str, args: list[str]) -> int:
     A user's HYDRA_FULL_ERROR=1 still shows full tracebacks; otherwise we set it so that
     composition errors reach us here instead of Hydra's multi-line report.
     """
-    saved_env = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "DIFFCTL_FULL_ERROR")}
+    saved_env = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "DIFFCTL_FULL_ERROR", "DIFFCTL_RUN_DIRS")}
     if saved_env["HYDRA_FULL_ERROR"] == "1":
         os.environ["DIFFCTL_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     saved = sys.argv
     try:
-        from .io.rundir import new_run_dir
+        from .io.rundir import forget_run_dirs, new_run_dir
 
-        new_run_dir.created.clear()  # each command creates its own run folder
+        forget_run_dirs()  # each command creates (and owns) its own run folder
+        args = _quote_overrides(args)
         if command == "train":
             args = _resume_run_dir(args) + _other_rank_overrides()
         sys.argv = [f"diffctl {command}", *args]
@@ -291,7 +330,11 @@ def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_RO
     from .io.checkpoint import list_checkpoints
     from .io.rundir import CKPT_DIR, run_task
 
-    root = Path(output_root or os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs"))
+    root = output_root if output_root is not None else os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs")
+    if not root.strip():
+        print("diffctl runs: error: the output root is empty (--output-root or DIFFCTL_OUTPUT_ROOT); give the folder of the run folders", file=sys.stderr)
+        raise SystemExit(2)
+    root = Path(root)
     rows = []
     found = [p for p in root.glob("*/**/config.yaml") if p.parent.name != ".hydra"]
     for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):

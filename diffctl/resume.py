@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -13,30 +14,88 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UsageError
 from .io.checkpoint import list_checkpoints
-from .io.rundir import CKPT_DIR
+from .io.rundir import CKPT_DIR, MetricsLog
 
 log = logging.getLogger("diffctl.train")
 
 
-RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change
+RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change...
+RECOVERABLE = ("optim.lr",)  # ...but this: lowering the learning rate is the recovery from a divergence
+# Options that change the trajectory from the resume point on: a resume that changes one starts a new branch.
+BRANCHING = ("optim.lr", "trainer.grad_clip", "trainer.precision", "trainer.batch_size", "trainer.ema_decay", "trainer.cond_drop_prob")
 _OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
+ABANDONED = "abandoned"
 
 
-def check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
-    """Resuming continues a run: its data, model, schedule, loss and optimiser must be the same."""
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        yield from _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+
+def check_same_run(saved: dict, cfg: DictConfig, path: Path) -> dict:
+    """Resuming continues a run: its data, model, schedule, loss and optimiser must be the same (the
+    learning rate excepted).  Returns the BRANCHING options that changed, ``{key: (before, now)}``."""
     current = OmegaConf.to_container(cfg, resolve=True)
-
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-    old = dict(flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
-    new = dict(flat({k: current[k] for k in RUN_DEFINING}))
+    old = dict(_flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
+    new = dict(_flat({k: current[k] for k in RUN_DEFINING}))
     keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
-    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k)]
+    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k) and k not in RECOVERABLE]
     if diffs:
         raise UsageError(f"cannot resume from {path}: it was trained with {', '.join(diffs[:3])}; use the run's own overrides "
                          f"(resume=<run folder> reuses them) or start a new run")
+    old = dict(_flat({k: saved.get(k, {}) for k in ("optim", "trainer")}))
+    new = dict(_flat({k: current[k] for k in ("optim", "trainer")}))
+    return {k: (old[k], new[k]) for k in BRANCHING if k in old and old[k] != new[k]}
+
+
+def _step_of(path: Path) -> int:
+    """The step in a checkpoint or snapshot name (``step_00000200.pt``, ``accuracy_00000200.png``); -1 if none."""
+    try:
+        return int(path.stem.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def continue_run(run_dir: Path, metrics: MetricsLog, step: int, branch: int, changed: dict, source: Path) -> int:
+    """Make the run folder hold one history that continues at ``step``; returns the branch number of
+    what is logged from now on.
+
+    Resuming from the newest checkpoint continues the branch: log records past ``step`` (a process killed
+    after logging them) are dropped, since the resumed run logs them again exactly.  Resuming from an
+    older checkpoint, or with an option that changes the trajectory (BRANCHING), starts a new branch:
+    the old branch's later checkpoints, pictures and log records move to
+    ``abandoned/<time>_after_step_<step>/`` (kept, never found by resume or ``ckpt=`` again), and
+    metrics.jsonl gets a record ``{"event": "branch", ...}`` saying where and why; every later record
+    carries the new branch's number."""
+    records = metrics.read()
+    kept = [r for r in records if r.get("step", 0) <= step]
+    later_ckpts = [p for p in list_checkpoints(run_dir / CKPT_DIR) if _step_of(p) > step]
+    if not later_ckpts and not changed:
+        metrics.rewrite(kept)
+        return branch
+    new = 1 + max([branch, *(r.get("branch", 0) for r in records if isinstance(r.get("branch", 0), int))])
+    later_pics = [p for p in (run_dir / "samples").glob("*.png") if _step_of(p) > step]
+    later = [r for r in records if r.get("step", 0) > step]
+    why = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    abandoned = None
+    if later_ckpts or later_pics or later:
+        abandoned = run_dir / ABANDONED / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_after_step_{step}"
+        i = 0
+        while abandoned.exists():
+            i += 1
+            abandoned = abandoned.with_name(f"{abandoned.name.split('__')[0]}__{i}")
+        abandoned.mkdir(parents=True)
+        MetricsLog(abandoned / "metrics.jsonl").rewrite(later)
+    metrics.rewrite(kept + [{"step": step, "event": "branch", "branch": new, "resumed_from": str(source),
+                             "changed": {k: list(v) for k, v in changed.items()},
+                             "abandoned": str(abandoned.relative_to(run_dir)) if abandoned else None, "time": round(time.time(), 3)}])
+    for files, sub in ((later_ckpts, CKPT_DIR), (later_pics, "samples")):  # last: until now, a failure left the folder as it was
+        for f in files:
+            (abandoned / sub).mkdir(exist_ok=True)
+            f.rename(abandoned / sub / f.name)
+    log.warning("branch %d starts at step %d%s%s", new, step, f" ({why})" if why else "",
+                f"; what the previous branch did after step {step} is kept in {abandoned}" if abandoned else "")
+    return new
 
 
 def rng_state(gen: torch.Generator) -> dict:

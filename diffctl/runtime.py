@@ -66,21 +66,43 @@ class Trained:
 
 def load_trained(path: Path, device: torch.device, ema: bool = True, task: str = "diffusion") -> Trained:
     """Rebuild model and schedule from the config stored in the checkpoint at ``path``; it must be a
-    run of ``task`` (a diffusion model, or a noise-aware classifier)."""
+    run of ``task`` (a diffusion model, or a noise-aware classifier).  What the file says is data: its
+    config is never resolved, its values are range-checked, the model is sized on the meta device and
+    matched against the stored weights before any memory is allocated, and non-finite weights are
+    refused (they would sample blank images)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .io.checkpoint import TRAINED, inert_config, require
+    from .validation import check_values
+
     state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
-    found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
-    if found != task:
-        raise UsageError(f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}" if task == "diffusion"
-                         else f"guidance.classifier={path} is a diffusion model, not a classifier: train one with 'diffctl train task=classifier'")
-    data_shape = tuple(state["data_shape"])
-    net = build_model(cfg.model, data_shape, classify=state["num_classes"] if task == "classifier" else 0)
-    key = "ema" if ema and state.get("ema") is not None else "model"
+    require(state, path, TRAINED)
     try:
-        net.load_state_dict(state[key])
-    except RuntimeError as e:
-        raise UsageError(f"{path}: weights do not match the model in its config ({str(e).splitlines()[0]})") from None
-    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=schedule_alpha_bar(cfg.schedule), step=int(state["step"]),
+        cfg = inert_config(state["config"])
+        check_values(cfg)
+        found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
+        if found != task:
+            raise UsageError(f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}" if task == "diffusion"
+                             else f"guidance.classifier={path} is a diffusion model, not a classifier: train one with 'diffctl train task=classifier'")
+        data_shape = tuple(state["data_shape"])
+        classify = state["num_classes"] if task == "classifier" else 0
+        key = "ema" if ema and state.get("ema") is not None else "model"
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(cfg.model, data_shape, classify=classify).state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in state[key].items()}
+        if shapes != stored:
+            diff = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
+            raise UsageError(f"{path}: its weights do not match the model in its config (first difference: {diff[0]})")
+        alpha_bar = schedule_alpha_bar(cfg.schedule)
+        net = build_model(cfg.model, data_shape, classify=classify)
+    except (OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: malformed diffctl checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    net.load_state_dict(state[key])
+    bad = next((k for k, v in state[key].items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UsageError(f"{path}: its {'EMA ' if key == 'ema' else ''}weights are not finite ({bad} holds NaN or inf); "
+                         f"it cannot sample: use an earlier checkpoint of that run")
+    return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=alpha_bar, step=int(state["step"]),
                    data_shape=data_shape, num_classes=int(state.get("num_classes", 0)))
 
 

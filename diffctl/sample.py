@@ -169,13 +169,9 @@ def _region_mask(name: str, shape: tuple) -> torch.Tensor:
 
 def _png(path: str, shape: tuple, what: str) -> torch.Tensor:
     """A PNG as ``[C, H, W]`` in [-1, 1], checked against the data's shape."""
-    from PIL import Image
+    from .data.vision import open_image
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{what}={path}: not a readable image ({e})") from None
+    img = open_image(path, what)
     c, h, w = shape
     if img.size != (w, h):
         raise UsageError(f"{what}={path} is {img.size[0]}x{img.size[1]}; this model's images are {w}x{h}")

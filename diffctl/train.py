@@ -17,12 +17,12 @@ from .core.diffusion import Denoiser
 from .core.losses import LOSSES, classifier_loss, weighted_loss
 from .data import load_dataset
 from .errors import Interrupted, UsageError
-from .io.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
 from .models import build_model, count_parameters
 from .progress import progress_bar
-from .resume import StopRequest, check_same_run, resume_path, rng_state, set_rng_state
+from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state
 from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
 from .sample import Conditioning, class_labels, generate
 
@@ -146,6 +146,7 @@ class Trainer:
         self.step = 0
         self.window: list[float] = []  # losses since the last metrics line (checkpointed: a resumed run logs the same means)
         self.nonfinite = 0  # non-finite steps in a row
+        self.branch = 0  # which history of this run folder the step is on (a resume from an older checkpoint or with a new lr starts one)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.ckpt_dir = self.run_dir / CKPT_DIR
 
@@ -166,38 +167,53 @@ class Trainer:
             "data_levels": self.data.levels,  # quantisation levels of the pixels (None: continuous data)
             "loss_window": list(self.window),
             "nonfinite": self.nonfinite,
+            "branch": self.branch,
         }
 
     def save(self) -> Path:
         """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest); rank 0 writes."""
         if not all(torch.isfinite(p).all() for p in [*self.net.parameters(), *self.ema.model.parameters()]):
             raise UsageError(f"the weights are not finite at step {self.step}: not checkpointed, the last good checkpoint is kept; "
-                             f"lower optim.lr or use trainer.precision=fp32")
+                             f"{self.recovery()}")
         if not self.dist.main:
             return self.ckpt_dir / checkpoint_name(self.step)
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.step), self.state())
         prune_checkpoints(self.ckpt_dir, self.cfg.trainer.keep_last)
         return path
 
-    def load(self, path: Path) -> None:
+    def recovery(self) -> str:
+        """What to run after a divergence: resume from the last good checkpoint with a lower learning rate."""
+        return (f"resume from the last good checkpoint with a lower learning rate: diffctl train resume={self.run_dir} "
+                f"optim.lr={self.cfg.optim.lr / 10:g} (trainer.grad_clip and trainer.precision=fp32 may change on resume too)")
+
+    def load(self, path: Path) -> dict:
+        """Restore the state of checkpoint ``path``; returns the trajectory-changing options that differ (a new branch)."""
         state = load_checkpoint(path)  # on CPU: RNG states must stay there; load_state_dict moves weights
-        check_same_run(state["config"], self.cfg, path)
+        require(state, path, RESUMABLE)
+        changed = check_same_run(state["config"], self.cfg, path)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
-        except RuntimeError as e:
-            raise UsageError(f"cannot resume from {path}: its model differs from this config ({str(e).splitlines()[0]})") from None
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["lr_scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"], self.gen)
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"cannot resume from {path}: its state does not fit this config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self.ema.updates = state["ema_updates"]
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["lr_scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.gen)
         self.step = state["step"]
         self.window, self.nonfinite = list(state.get("loss_window", [])), state.get("nonfinite", 0)
+        self.branch = state.get("branch", 0)
+        if "optim.lr" in changed:  # the schedule keeps its shape (warm-up, decay) around the new peak
+            lr = self.cfg.optim.lr
+            self.sched.base_lrs = [lr for _ in self.opt.param_groups]
+            for group, f in zip(self.opt.param_groups, self.sched.lr_lambdas):
+                group["initial_lr"], group["lr"] = lr, lr * f(self.sched.last_epoch)
         before = state["config"].get("trainer", {}).get("steps")
         if before is not None and before != self.cfg.trainer.steps:
-            log.warning("trainer.steps changed from %d to %d on resume: the learning-rate schedule (warm-up, then %s) now spans %d steps",
+            log.warning("trainer.steps changed from %s to %d on resume: the learning-rate schedule (warm-up, then %s) now spans %d steps",
                         before, self.cfg.trainer.steps, self.cfg.optim.decay, self.cfg.trainer.steps)
+        return changed
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, bool]:
@@ -314,15 +330,16 @@ class Trainer:
             last = list_checkpoints(self.ckpt_dir)
             kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written"
             raise UsageError(f"{self.nonfinite} non-finite steps in a row, the last at step {self.step} (non-finite {what}): stopped; {kept}. "
-                             f"Lower optim.lr, set trainer.grad_clip or use trainer.precision=fp32")
+                             + (self.recovery() if last else "Start again with a lower optim.lr, trainer.grad_clip or trainer.precision=fp32"))
 
     def fit(self) -> dict:
         tc = self.cfg.trainer
         resume = resume_path(self.cfg, self.run_dir)
         if resume is not None:
-            self.load(resume)
+            changed = self.load(resume)
             if self.dist.main:
-                self.metrics.drop_after(self.step)  # a resume from an older checkpoint rewrites what follows it
+                self.branch = continue_run(self.run_dir, self.metrics, self.step, self.branch, changed, resume)
+            self.metrics.branch = self.branch
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device,

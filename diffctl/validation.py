@@ -42,7 +42,7 @@ BOUNDS = {
 # catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
 UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1,
          "model.dropout": 0.99, "optim.beta1": 0.9999, "optim.beta2": 0.99999, "optim.min_lr_ratio": 1,
-         "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.sample_steps": 10**5,
+         "optim.lr": 10, "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.sample_steps": 10**5,
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
          "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000}
@@ -65,7 +65,24 @@ def validate(cfg: DictConfig) -> None:
             extra = [k for k in node.keys() if k not in allowed]
             if extra:
                 raise ValueError(f"unknown key {group}.{extra[0]}; {group} ({schema.__name__}) has: {', '.join(allowed)}")
+    required = {TrainConfig: ("dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"),
+                SampleConfig: ("sampler", "paths"), EvalConfig: ("sampler", "paths"),
+                InspectConfig: ("schedule", "dataset", "sampler", "paths")}.get(OmegaConf.get_type(cfg), ())
+    for group in required:
+        if cfg.get(group) is None:
+            raise ValueError(f"{group} is required here (it was removed); choose one of its options: {group}=<option>")
+    for key in ("paths.output_root", "paths.cache_dir"):
+        if not str(OmegaConf.select(cfg, key, default="x")).strip():
+            raise ValueError(f"{key} is empty; give a folder (e.g. outputs)")
+    check_values(cfg)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Numbers finite and within BOUNDS / UPPER, fixed choices from CHOICES: of a composed config, and of
+    the config a checkpoint brings (so a crafted one cannot ask for a 100 GB model).  Raises ValueError."""
     import math
+
+    from omegaconf import ListConfig, OmegaConf
 
     def leaves(node, prefix=""):
         for k, v in node.items():
@@ -74,12 +91,6 @@ def validate(cfg: DictConfig) -> None:
             else:
                 yield f"{prefix}{k}", v
 
-    required = {TrainConfig: ("dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"),
-                SampleConfig: ("sampler", "paths"), EvalConfig: ("sampler", "paths"),
-                InspectConfig: ("schedule", "dataset", "sampler", "paths")}.get(OmegaConf.get_type(cfg), ())
-    for group in required:
-        if cfg.get(group) is None:
-            raise ValueError(f"{group} is required here (it was removed); choose one of its options: {group}=<option>")
     for key, value in leaves(cfg):
         if isinstance(value, float) and not math.isfinite(value) and not (key == "sampler.S_tmax" and value > 0):
             raise ValueError(f"{key}={value} is not a finite number")
@@ -87,6 +98,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or isinstance(value, (list, ListConfig)):
             continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} is not a number")
         high = UPPER.get(key)
         if (value < low if inclusive else value <= low) or (high is not None and value > high):
             rng = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")

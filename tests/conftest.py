@@ -35,7 +35,8 @@ def logged_losses(run_dir: Path) -> list:
     """(step, loss, lr, grad_norm) of every line of a run's metrics.jsonl."""
     import json
 
-    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())]
+    records = map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in records if "event" not in r]
 
 
 @pytest.fixture(scope="session")

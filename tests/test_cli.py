@@ -135,10 +135,12 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     assert state6["optimizer"]["state"][0]["step"].item() == 6  # optimizer state carried over
     assert not torch.equal(state4["model"]["stem.weight"], state6["model"]["stem.weight"])
 
-    # from an older checkpoint file: the log is rewound instead of repeating steps 5 and 6
+    # from an older checkpoint file: a new branch; the old one's steps 5 and 6 are moved aside, not repeated
     diffctl("train", f"resume={first / 'checkpoints' / 'step_00000004.pt'}", "trainer.steps=6")
-    steps = [json.loads(l)["step"] for l in (first / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    records = [json.loads(l) for l in (first / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["branch"]) for r in records if "event" not in r] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
+    (abandoned,) = (first / "abandoned").iterdir()
+    assert [p.name for p in (abandoned / "checkpoints").iterdir()] == ["step_00000006.pt"]
 
     # changing what defines the run is refused with the differences named
     bad = diffctl("train", f"resume={first}", "model=unet_small", check=False)

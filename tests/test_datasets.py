@@ -144,7 +144,7 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
     fake_mnist(tmp_path)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(UsageError, match="truncated idx file"):
+    with pytest.raises(UsageError, match="truncated or not an idx file"):
         load_dataset(_cfg("mnist", tmp_path))
 
 

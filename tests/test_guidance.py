@@ -207,7 +207,7 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     with pytest.raises(UsageError, match="is 9x9; this model's images are 8x8"):
         conditioning(cfg(image=str(tmp_path / "big.png"), mask="left"), source)
     (tmp_path / "bad.png").write_text("not a png")
-    with pytest.raises(UsageError, match="not a readable image"):
+    with pytest.raises(UsageError, match="cannot read image"):
         conditioning(cfg(image=str(tmp_path / "bad.png"), mask="left"), source)
 
 

@@ -18,7 +18,7 @@ import torch
 from conftest import SMALL, TINY_TRAIN, logged_losses as _losses, make_trainer as _trainer, run_folder
 from diffctl.errors import Interrupted, UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from diffctl.io.rundir import new_run_dir
+from diffctl.io.rundir import forget_run_dirs, new_run_dir
 
 def _interrupt_after(trainer, step: int, signum=signal.SIGINT):
     """Deliver a real signal to this process right after optimisation step ``step``."""
@@ -333,12 +333,12 @@ def test_fuzzed_bad_overrides_are_one_line_errors_without_run_folders(tmp_path, 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     folders = []
     for _ in range(3):
-        new_run_dir.created.clear()  # as each new command does
-        folders.append(new_run_dir(str(tmp_path / "train")))
+        forget_run_dirs()  # as each new command does
+        folders.append(new_run_dir(str(tmp_path), "train"))
     assert len(set(folders)) == 3 and all(Path(f).is_dir() for f in folders)
     names = sorted(Path(f).name for f in folders)
     assert len({n.split("_")[0] for n in names}) <= 2  # same second (or two): suffixes keep them apart
-    new_run_dir.created.clear()
+    forget_run_dirs()
 
 
 @pytest.mark.slow
@@ -358,7 +358,7 @@ def test_a_rejected_resume_leaves_the_run_as_it_was_and_a_finished_resume_clears
     assert code == 0, err
     run = next((tmp_path / "outputs" / "train").glob("*/*"))
     before = {p: (run / p).read_text() for p in ("config.yaml", ".hydra/overrides.yaml")}
-    for args, message in ((["optim.lr=0.5"], "optim.lr=0.002 (now 0.5)"), (["task=classifier"], "task='diffusion' (now 'classifier')")):
+    for args, message in ((["optim.weight_decay=0.5"], "optim.weight_decay=0.0 (now 0.5)"), (["task=classifier"], "task='diffusion' (now 'classifier')")):
         code, out, err = cli("train", f"resume={run}", *args)
         assert code == 2 and message in err, err
         assert {p: (run / p).read_text() for p in before} == before  # config and overrides untouched

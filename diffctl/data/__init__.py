@@ -7,6 +7,8 @@ continuous 2-D data; likelihoods in bits/dim depend on it) and its class labels.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -34,6 +36,17 @@ class Dataset:
     @property
     def is_image(self) -> bool:
         return self.train.ndim == 4
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the data itself (both splits, labels, levels, classes): what a cache of anything
+        computed from this dataset is keyed by, so two datasets of one name (two folders, roots, image
+        sizes, limits) never share one."""
+        h = hashlib.blake2b(digest_size=8)
+        h.update(repr((self.name, self.shape, self.levels, self.num_classes)).encode())
+        for t in (self.train, self.test, self.train_labels, self.test_labels):
+            h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 LOADERS = {"digits": digits.load, "digits_gmm": digits.load_gmm, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS},

@@ -53,17 +53,30 @@ def _download(cfg) -> None:
 
 
 # --- readers of the on-disk formats ---------------------------------------------------------------
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (MNIST's format: magic 0x0000 08 <ndim>, big-endian int32 sizes, then uint8 data)."""
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file (MNIST's format: magic 0x0000 08 <ndim>, big-endian int32 sizes, then uint8 data) of ``ndim`` dimensions."""
+    import math
+
     raw = Path(path).read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
         raise UsageError(f"{path}: not an idx file of unsigned bytes")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    if raw[3] != ndim:
+        raise UsageError(f"{path}: an idx file of {raw[3]} dimensions; {'images' if ndim == 3 else 'labels'} have {ndim}")
+    if len(raw) < 4 + 4 * ndim:
+        raise UsageError(f"{path}: truncated idx header")
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).tolist()
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UsageError(f"{path}: truncated idx file ({data.size} bytes of data for shape {dims.tolist()})")
+    if min(dims) < 0 or data.size != math.prod(dims):
+        raise UsageError(f"{path}: {data.size} bytes of data for shape {dims} (truncated or not an idx file)")
     return data.reshape(dims)
+
+
+def _check_labels(cfg, where, x: np.ndarray, y: np.ndarray, classes: int) -> None:
+    """One label per image, each a class index in [0, classes)."""
+    if len(y) != len(x):
+        raise UsageError(f"dataset={cfg.name}: {where} has {len(y)} labels for {len(x)} images")
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise UsageError(f"dataset={cfg.name}: {where} has labels outside 0..{classes - 1} (found {int(y.min())}..{int(y.max())})")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -85,9 +98,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _ArraysOnly(io.BytesIO(Path(path).read_bytes()), encoding="latin1").load()
         batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
         data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1:
+            raise ValueError(f"data of shape {list(data.shape)}, labels of shape {list(labels.shape)}; expected [N, 3072] and [N]")
         return data.reshape(-1, 3, 32, 32), labels
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError, TypeError) as e:
-        raise UsageError(f"{path}: not a CIFAR-10 batch ({e})") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError, TypeError, IndexError, MemoryError) as e:
+        raise UsageError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def _to_array(img, cfg, channels: int) -> np.ndarray:
@@ -120,16 +135,30 @@ def _resize_arrays(x: np.ndarray, cfg) -> np.ndarray:
     return np.stack([_to_array(Image.fromarray(a[0] if mode_channels == 1 else a.transpose(1, 2, 0)), cfg, mode_channels) for a in x])
 
 
-def _read_images(paths: list, cfg, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def open_image(path, what: str):
+    """A PIL image, its pixels loaded; a file that is no image, or a decompression bomb (a small file that
+    claims more than PIL's MAX_IMAGE_PIXELS, ~89M pixels), is a one-line UsageError naming ``what``."""
+    import warnings
 
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+        return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UsageError(f"{what}: {path} claims too many pixels ({str(e).split('(')[0].strip()}): refused as a possible decompression bomb") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UsageError(f"{what}: cannot read image {path} ({e})") from None
+
+
+def _read_images(paths: list, cfg, channels: int) -> np.ndarray:
     out = []
     for p in paths:
-        try:
-            with Image.open(p) as img:
-                out.append(_to_array(img, cfg, channels))
-        except (OSError, UnidentifiedImageError) as e:
-            raise UsageError(f"dataset={cfg.name}: cannot read image {p} ({e})") from None
+        with open_image(p, f"dataset={cfg.name}") as img:
+            out.append(_to_array(img, cfg, channels))
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise UsageError(f"dataset={cfg.name}: images of different sizes {sorted(shapes)[:3]}; set dataset.image_size=N to resize them")
@@ -143,8 +172,9 @@ def _mnist(cfg, split: str):
     missing = [n for n in (*IDX["train"], *IDX["test"]) if not (folder / n).is_file()]
     if missing:
         raise _missing(cfg, folder, missing)
-    x = read_idx(folder / images)[:, None]
-    return _resize_arrays(x, cfg), read_idx(folder / labels).astype(np.int64), 10
+    x, y = read_idx(folder / images, 3)[:, None], read_idx(folder / labels, 1).astype(np.int64)
+    _check_labels(cfg, folder / labels, x, y, 10)
+    return _resize_arrays(x, cfg), y, 10
 
 
 def _cifar10(cfg, split: str):
@@ -153,6 +183,8 @@ def _cifar10(cfg, split: str):
     if missing:
         raise _missing(cfg, folder, missing)
     parts = [read_cifar_batch(folder / n) for n in CIFAR[split]]
+    for n, (x, y) in zip(CIFAR[split], parts):
+        _check_labels(cfg, folder / n, x, y, 10)
     return _resize_arrays(np.concatenate([p[0] for p in parts]), cfg), np.concatenate([p[1] for p in parts]), 10
 
 

@@ -34,8 +34,9 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     """Atomically write ``state`` (plus format and version) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(".*.tmp-*"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    for stale in path.parent.glob(".*.tmp-*"):  # left by a process killed mid-write (never another live one's)
+        if _writer_gone(stale):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     buffer = io.BytesIO()  # serialised first, so a failed write is the OS's own error (ENOSPC, EFBIG), not torch's zip writer's
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
@@ -51,6 +52,23 @@ def save_checkpoint(path: Path, state: dict) -> Path:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path
+
+
+def _writer_gone(tmp: Path) -> bool:
+    """Whether the process that wrote temp file ``tmp`` (its pid is in the name) no longer runs here."""
+    try:
+        pid = int(tmp.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -85,6 +103,51 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if state.get("version", 0) > VERSION:
         raise UsageError(f"{path} has checkpoint format {state['version']}; this diffctl reads up to {VERSION}: upgrade diffctl")
     return state
+
+
+# What a checkpoint must hold, by use: sampling / evaluation, and resuming training.
+TRAINED = {"step": int, "config": dict, "data_shape": list, "model": dict}
+RESUMABLE = {**TRAINED, "ema": dict, "ema_updates": int, "optimizer": dict, "lr_scheduler": dict, "scaler": dict, "rng": dict}
+
+
+def require(state: dict, path: Path, keys: dict) -> None:
+    """A UsageError naming the first of ``keys`` that ``state`` lacks or holds with a wrong type."""
+    for key, kind in keys.items():
+        if key not in state:
+            raise UsageError(f"{path}: incomplete diffctl checkpoint (no {key!r}); it cannot be used")
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f"{path}: malformed diffctl checkpoint ({key!r} is {type(value).__name__}, not {kind.__name__})")
+    if not isinstance(state.get("num_classes", 0), int):
+        raise UsageError(f"{path}: malformed diffctl checkpoint ('num_classes' is {type(state['num_classes']).__name__}, not int)")
+    shape = state.get("data_shape", [1])
+    if not (1 <= len(shape) <= 3 and all(isinstance(d, int) and 1 <= d <= 65536 for d in shape)):
+        raise UsageError(f"{path}: malformed diffctl checkpoint (data_shape {shape!r})")
+    for name in ("model", "ema"):
+        if isinstance(state.get(name), dict) and not all(isinstance(v, torch.Tensor) for v in state[name].values()):
+            raise UsageError(f"{path}: malformed diffctl checkpoint ({name!r} holds something other than tensors)")
+    for group in ("model", "schedule", "dataset"):
+        if "config" in state and not isinstance(state["config"].get(group), dict):
+            raise UsageError(f"{path}: malformed diffctl checkpoint (its config has no {group} section)")
+
+
+def inert_config(config: dict):
+    """A checkpoint's config as a DictConfig that is data only: strings that look like OmegaConf
+    interpolations (``${oc.env:...}``) are escaped, so no resolver ever runs on what a file says."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    def escape(v):
+        if isinstance(v, str):
+            return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)  # n backslashes + ${ -> 2n + 1: the literal text
+        if isinstance(v, dict):
+            return {k: escape(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [escape(x) for x in v]
+        return v
+
+    return OmegaConf.create(escape(config))
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -145,7 +145,7 @@ def _split_features(net, info: dict, data, split: str, cache_dir: Path, device) 
     images = to_uint8(x).contiguous()
     data_sha = hashlib.sha256(images.numpy().tobytes()).hexdigest()
     protocol = json.dumps(PROTOCOL, sort_keys=True)
-    path = Path(cache_dir) / f"inception_{data.name}_{split}_{info['sha256']}_p{PROTOCOL_VERSION}.npz"
+    path = Path(cache_dir) / f"inception_{data.name}_{split}_{data_sha[:12]}_{info['sha256']}_p{PROTOCOL_VERSION}.npz"
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:

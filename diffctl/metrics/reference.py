@@ -1,8 +1,8 @@
 """A small reference classifier per image dataset: the feature space of ``fd_ref``.
 
 Trained deterministically (fixed seed, fixed epochs, full-batch order from a seeded
-generator) on the train split, cached under ``paths.cache_dir`` keyed by dataset and
-``VERSION``, and reported with its test accuracy beside every number computed with it.
+generator) on the train split, cached under ``paths.cache_dir`` keyed by the dataset's
+fingerprint (a hash of its images and labels) and ``VERSION``, and reported with its test accuracy beside every number computed with it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 
 VERSION = 1  # bump when the architecture or the recipe changes: old caches are then ignored
@@ -67,14 +68,20 @@ def accuracy(net: RefNet, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def reference_classifier(data, cache_dir: Path) -> tuple[RefNet, dict]:
     """The cached reference classifier of ``data`` (trained on first use), with its info."""
-    path = Path(cache_dir) / f"refnet_{data.name}_v{VERSION}.pt"
-    net = RefNet(data.shape[0], data.num_classes, data.shape[1])
+    name = f"refnet_{data.name}_{data.fingerprint}_v{VERSION}"
+    path = Path(cache_dir) / f"{name}.pt"
+    net = None
     if path.exists():
-        net.load_state_dict(load_checkpoint(path)["model"])
-        net.eval()
-    else:
+        try:
+            net = RefNet(data.shape[0], data.num_classes, data.shape[1])
+            net.load_state_dict(load_checkpoint(path)["model"])
+            net.eval()
+        except (UsageError, KeyError, TypeError, RuntimeError) as e:
+            log.warning("reference classifier cache %s is unreadable (%s): training it again", path, str(e).splitlines()[0][:120])
+            net = None
+    if net is None:
         log.info("training the reference classifier for %s (once; cached at %s)", data.name, path)
         net = _fit(data)
         save_checkpoint(path, {"model": net.state_dict()})
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.state_dict().values())).hexdigest()[:12]
-    return net, {"name": f"refnet_{data.name}_v{VERSION}", "sha256": digest, "test_accuracy": round(accuracy(net, data.test, data.test_labels), 4)}
+    return net, {"name": name, "sha256": digest, "test_accuracy": round(accuracy(net, data.test, data.test_labels), 4)}
