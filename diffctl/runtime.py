@@ -146,6 +146,9 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     trained = load_trained(ckpt, device, ema=cfg.ema)
     data = load_dataset(trained.cfg.dataset)
+    if tuple(data.shape) != trained.data_shape:
+        raise UsageError(f"{ckpt}: malformed diffctl checkpoint (data_shape {list(trained.data_shape)}, but its dataset={data.name} "
+                         f"has items of shape {list(data.shape)})")
     prediction = trained.cfg.model.prediction
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), prediction), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction,

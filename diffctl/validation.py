@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     """
     from dataclasses import fields, is_dataclass
 
-    from omegaconf import ListConfig, OmegaConf
+    from omegaconf import OmegaConf
 
     for group, node in cfg.items():
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None

@@ -21,7 +21,7 @@ import torch
 from conftest import TINY_TRAIN, assert_one_line_error
 from diffctl.errors import UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from diffctl.io.rundir import MetricsLog, RunLock
+from diffctl.io.rundir import MetricsLog
 
 TRAIN = [*TINY_TRAIN, "trainer.sample_every=0"]  # 4 steps, checkpoints at 2 and 4
 
@@ -434,3 +434,245 @@ def test_a_run_under_a_non_ascii_path_samples_and_resumes(cli, template, tmp_pat
 
 def test_an_absurd_learning_rate_is_refused(cli):
     assert_one_line_error(cli("train", "optim.lr=1e38"), "train", "optim.lr=1e+38 is out of range")
+
+
+# --- the fuzz test: crafted checkpoints, data files and run folders ----------------------------------------
+FUZZ_VALUES = ["", "x", -1, 0, 10**12, 1e308, float("nan"), None, [], {}, [1, "a"], True, "${oc.env:HOME}", "../../etc", [10**6, 3]]
+
+
+def _paths(d, prefix=()):
+    """Every key path into a nested dict (config sections and leaves)."""
+    for k, v in d.items():
+        yield (*prefix, k)
+        if isinstance(v, dict):
+            yield from _paths(v, (*prefix, k))
+
+
+def _mutate_checkpoint(rng, path: Path) -> str:
+    """One or two random damages to the checkpoint at ``path``; returns what was done."""
+
+    done = []
+    for _ in range(rng.randint(1, 2)):
+        kind = rng.choice(["drop", "drop config", "set", "set config", "tensor", "truncate", "flip"])
+        if kind in ("truncate", "flip"):
+            raw = bytearray(path.read_bytes())
+            if kind == "truncate":
+                raw = raw[: rng.randrange(len(raw))]
+            else:
+                for _ in range(rng.randint(1, 20)):
+                    raw[rng.randrange(len(raw))] = rng.randrange(256)
+            path.write_bytes(bytes(raw))
+            done.append(kind)
+            continue
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception:
+            continue  # already unreadable
+        if kind == "drop":
+            key = rng.choice(sorted(state))
+            state.pop(key)
+        elif kind == "drop config":
+            key = rng.choice(list(_paths(state["config"]))) if isinstance(state.get("config"), dict) else ("config",)
+            node = state["config"] if key != ("config",) else state
+            for k in key[:-1]:
+                node = node[k]
+            node.pop(key[-1] if key != ("config",) else "config", None)
+        elif kind in ("set", "set config"):
+            value = rng.choice(FUZZ_VALUES)
+            if kind == "set" or not isinstance(state.get("config"), dict):
+                key = (rng.choice(sorted(state)),)
+                node = state
+            else:
+                key = rng.choice(list(_paths(state["config"])))
+                node = state["config"]
+                for k in key[:-1]:
+                    node = node[k]
+            node[key[-1]] = value
+        else:
+            weights = state.get(rng.choice(["model", "ema"]))
+            if not isinstance(weights, dict) or not weights:
+                continue
+            name = rng.choice(sorted(weights))
+            weights[name] = rng.choice([torch.zeros(3), torch.full_like(weights[name], float("inf")), weights[name].long(), torch.zeros(0)])
+            key = (name,)
+        torch.save(state, path)
+        done.append(f"{kind} {'.'.join(map(str, key))}")
+    return ", ".join(done)
+
+
+def _damage_run_folder(rng, run: Path) -> str:
+    """One to three random damages to a run folder."""
+    damages = {
+        "no config.yaml": lambda: (run / "config.yaml").unlink(),
+        "no .hydra": lambda: shutil.rmtree(run / ".hydra"),
+        "garbage overrides": lambda: (run / ".hydra" / "overrides.yaml").write_bytes(bytes(rng.randrange(256) for _ in range(40))),
+        "overrides not a list": lambda: (run / ".hydra" / "overrides.yaml").write_text("model: unet_tiny\n"),
+        "unknown override": lambda: (run / ".hydra" / "overrides.yaml").write_text("- model=unet_galactic\n"),
+        "torn metrics": lambda: (run / "metrics.jsonl").open("a").write('{"step": 9, "lo'),
+        "garbage metrics line": lambda: (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n'),
+        "metrics a list": lambda: (run / "metrics.jsonl").write_text("[1, 2]\n[3]\n"),
+        "no checkpoints": lambda: shutil.rmtree(run / "checkpoints"),
+        "garbage newest checkpoint": lambda: (run / "checkpoints" / "step_00000004.pt").write_bytes(b"\x00" * 100),
+        "checkpoints is a file": lambda: (shutil.rmtree(run / "checkpoints"), (run / "checkpoints").write_text("x")),
+        "FAILED": lambda: (run / "FAILED").write_text("diffctl train failed: something\n"),
+        "foreign newest checkpoint": lambda: torch.save({"state_dict": {}}, run / "checkpoints" / "step_00000009.pt"),
+        "config.yaml garbage": lambda: (run / "config.yaml").write_text(": : :\n\t- ["),
+        "samples is a file": lambda: (shutil.rmtree(run / "samples", ignore_errors=True), (run / "samples").write_text("x")),
+    }
+    chosen = rng.sample(sorted(damages), rng.randint(1, 3))
+    for name in chosen:
+        try:
+            damages[name]()
+        except FileNotFoundError:
+            pass  # an earlier damage removed what this one needs
+    return ", ".join(chosen)
+
+
+def _mutate_data(rng, root: Path) -> tuple:
+    """A fake dataset on disk with one random damage; returns (dataset config, what was done)."""
+    from omegaconf import OmegaConf
+    from test_datasets import fake_cifar, fake_mnist, write_idx
+
+    from diffctl.config import VisionConfig
+
+    kind = rng.choice(["mnist", "cifar10"])
+    if kind == "mnist":
+        fake_mnist(root)
+        raw = root / "MNIST" / "raw"
+        name = rng.choice(sorted(p.name for p in raw.iterdir()))
+        how = rng.choice(["truncate", "flip header", "rank", "dims", "labels", "empty"])
+        data = bytearray((raw / name).read_bytes())
+        if how == "truncate":
+            data = data[: rng.randrange(len(data))]
+        elif how == "flip header":
+            data[rng.randrange(min(16, len(data)))] = rng.randrange(256)
+        elif how == "rank":
+            data[3] = rng.choice([0, 1, 2, 3, 4, 255])
+        elif how == "dims":
+            data[4:8] = rng.choice([0, 1, 2**31 - 1, 2**32 - 1, 1000]).to_bytes(4, "big")
+        elif how == "labels":
+            write_idx(raw / name.replace("images-idx3", "labels-idx1"), np.full(rng.choice([0, 3, 8, 24]), rng.choice([0, 9, 10, 255])))
+            data = bytearray((raw / name).read_bytes())
+        else:
+            data = bytearray()
+        (raw / name).write_bytes(bytes(data))
+        return OmegaConf.structured(VisionConfig(name="mnist", root=str(root))), f"mnist {name}: {how}"
+    fake_cifar(root)
+    folder = root / "cifar-10-batches-py"
+    name = rng.choice(["test_batch", "data_batch_3"])
+    how = rng.choice(["truncate", "flip", "no labels", "wrong shape", "labels out of range", "labels too short", "not a dict", "code"])
+    batch = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [1] * 6}
+    if how == "no labels":
+        batch.pop(b"labels")
+    elif how == "wrong shape":
+        batch[b"data"] = np.zeros(rng.choice([(6, 3071), (6,), (2, 3, 32, 32)]), np.uint8)
+    elif how == "labels out of range":
+        batch[b"labels"] = [rng.choice([-1, 10, 300])] * 6
+    elif how == "labels too short":
+        batch[b"labels"] = [1] * 2
+    elif how == "not a dict":
+        batch = [1, 2, 3]
+    elif how == "code":
+        batch = {b"data": _Exec(), b"labels": [1]}
+    raw = bytearray(pickle.dumps(batch, protocol=2))
+    if how == "truncate":
+        raw = raw[: rng.randrange(len(raw))]
+    elif how == "flip":
+        for _ in range(5):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+    (folder / name).write_bytes(bytes(raw))
+    return OmegaConf.structured(VisionConfig(name="cifar10", root=str(root))), f"cifar10 {name}: {how}"
+
+
+class _Exec:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/diffctl_fuzz_pwned",))
+
+
+def _check_no_loss(before: dict, root: Path) -> list:
+    """Files that existed before and are gone, with their bytes nowhere under ``root`` (moving aside is allowed)."""
+    now = {p for p in root.rglob("*") if p.is_file()}
+    contents = None
+    lost = []
+    for path, data in before.items():
+        if path not in now:
+            contents = contents if contents is not None else {p.read_bytes() for p in now}
+            if data not in contents:
+                lost.append(path)
+    return lost
+
+
+@pytest.mark.slow
+def test_fuzzed_checkpoints_data_files_and_run_folders(template, tmp_path, monkeypatch, capfd):
+    """Every case ends in a one-line error or a correct result, and no case deletes a file it did not create."""
+    import random
+
+    from diffctl.cli import run_command
+    from diffctl.data import load_dataset
+
+    rng = random.Random(13)
+    root = tmp_path / "outputs"
+    monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", str(root))
+    monkeypatch.chdir(tmp_path)
+    tally = {"cases": 0, "one-line error": 0, "ran": 0, "traceback": [], "misbehaved": []}
+
+    def cli_case(what, command, args):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        capfd.readouterr()
+        try:
+            code = run_command(command, args)
+        except BaseException as e:  # a bug's traceback
+            code, err = -1, f"{type(e).__name__}: {e}"
+        else:
+            err = capfd.readouterr().err
+        lines = err.strip().splitlines()
+        tally["cases"] += 1
+        if code == 2 and len(lines) == 1 and lines[0].startswith(f"diffctl {command}: error: ") and "Traceback" not in err:
+            tally["one-line error"] += 1
+        elif code == 0:
+            tally["ran"] += 1
+        else:
+            tally["traceback"].append((what, command, args, code, err[-500:]))
+        lost = _check_no_loss(before, tmp_path)
+        if lost:
+            tally["misbehaved"].append((what, command, args, "deleted", lost))
+
+    for i in range(40):  # checkpoints
+        run = root / "train" / "2026-01-01" / f"ckpt{i:03d}"
+        shutil.copytree(template, run)
+        what = _mutate_checkpoint(rng, run / "checkpoints" / "step_00000004.pt")
+        if rng.random() < 0.5:
+            cli_case(what, "sample", [f"ckpt={run}", "steps=2", "num_samples=2"])
+        else:
+            cli_case(what, "train", [f"resume={run}", "trainer.steps=5"])
+    for i in range(30):  # run folders
+        run = root / "train" / "2026-01-02" / f"run{i:03d}"
+        shutil.copytree(template, run)
+        what = _damage_run_folder(rng, run)
+        command = rng.choice([("train", [f"resume={run}", "trainer.steps=5"]), ("sample", [f"ckpt={run}", "steps=2", "num_samples=2"]),
+                              ("sample", ["ckpt=latest", "steps=2", "num_samples=2"])])
+        cli_case(what, *command)
+        shutil.rmtree(run)
+    for i in range(60):  # data files
+        folder = tmp_path / "data" / f"d{i:03d}"
+        cfg, what = _mutate_data(rng, folder)
+        tally["cases"] += 1
+        try:
+            data = load_dataset(cfg)
+        except UsageError as e:
+            tally["one-line error"] += 1
+            assert "\n" not in str(e)
+            continue
+        except Exception as e:
+            tally["traceback"].append((what, f"{type(e).__name__}: {e}"))
+            continue
+        tally["ran"] += 1
+        consistent = all(len(x) == len(y) and (y.min() >= 0 and y.max() < data.num_classes if len(y) else True)
+                         for x, y in ((data.train, data.train_labels), (data.test, data.test_labels)))
+        if not consistent or not data.train.isfinite().all():
+            tally["misbehaved"].append((what, "inconsistent dataset accepted"))
+    assert not Path("/tmp/diffctl_fuzz_pwned").exists()
+    print(f"\nfuzz: {tally['cases']} cases, {tally['one-line error']} one-line errors, {tally['ran']} ran, "
+          f"{len(tally['traceback'])} tracebacks, {len(tally['misbehaved'])} misbehaved")
+    assert not tally["traceback"], tally["traceback"][:3]
+    assert not tally["misbehaved"], tally["misbehaved"][:3]
