@@ -188,15 +188,15 @@ def _resume_run_dir(args: list[str]) -> list[str]:
     """
     from .errors import UsageError
     from .io.checkpoint import list_checkpoints
-    from .io.rundir import CKPT_DIR
+    from .io.rundir import ABANDONED, CKPT_DIR
 
     values = [_unquote(a.split("=", 1)[1]) for a in args if a.startswith("resume=")]
     if not values or values[-1] in ("auto", "never") or any(a.startswith("hydra.run.dir=") for a in args):
         return args
     path = Path(values[-1]).expanduser()
     if path.is_file():
-        if path.parent.name != CKPT_DIR:
-            return args  # a checkpoint outside a run folder: continued in a new run folder
+        if path.parent.name != CKPT_DIR or path.parent.parent.parent.name == ABANDONED:
+            return args  # a loose checkpoint, or one of an abandoned branch: continued in a new run folder
         path = path.parent.parent
     elif not path.is_dir():
         raise UsageError(f"resume={values[-1]}: no such run folder or checkpoint")

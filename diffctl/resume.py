@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UsageError
 from .io.checkpoint import list_checkpoints
-from .io.rundir import CKPT_DIR, MetricsLog
+from .io.rundir import ABANDONED, CKPT_DIR, MetricsLog
 
 log = logging.getLogger("diffctl.train")
 
@@ -24,7 +24,6 @@ RECOVERABLE = ("optim.lr",)  # ...but this: lowering the learning rate is the re
 # Options that change the trajectory from the resume point on: a resume that changes one starts a new branch.
 BRANCHING = ("optim.lr", "trainer.grad_clip", "trainer.precision", "trainer.batch_size", "trainer.ema_decay", "trainer.cond_drop_prob")
 _OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
-ABANDONED = "abandoned"
 
 
 def _flat(d, prefix=""):

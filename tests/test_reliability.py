@@ -21,7 +21,7 @@ import torch
 from conftest import TINY_TRAIN, assert_one_line_error
 from diffctl.errors import UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from diffctl.io.rundir import MetricsLog
+from diffctl.io.rundir import MetricsLog, resolve_checkpoint
 
 TRAIN = [*TINY_TRAIN, "trainer.sample_every=0"]  # 4 steps, checkpoints at 2 and 4
 
@@ -105,10 +105,19 @@ def test_resume_from_an_older_checkpoint_moves_the_abandoned_branch_aside(cli, r
     assert [(r["step"], r["branch"], r.get("event")) for r in records] == [(1, 0, None), (2, 0, None), (2, 1, "branch"), (3, 1, None)]
     assert records[2]["abandoned"] == f"abandoned/{abandoned.name}" and records[2]["resumed_from"].endswith("step_00000002.pt")
     assert load_checkpoint(run / "checkpoints" / "step_00000003.pt")["branch"] == 1
+    future = time.time() + 100
+    os.utime(abandoned / "checkpoints" / "step_00000004.pt", (future, future))  # even when it is the newest file
+    assert resolve_checkpoint("latest", run.parents[2]) == run / "checkpoints" / "step_00000003.pt"
     # the run folder now leads to the new branch only: resume=<run> continues from step 3, not the stale step 4
     code, out, err = cli("train", f"resume={run}", "trainer.steps=5")
     assert code == 0 and f"resumed from {run / 'checkpoints' / 'step_00000003.pt'} at step 3" in out + err, err
     assert [(r["step"], r["branch"]) for r in _records(run) if "event" not in r] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
+    # the abandoned branch can still be continued: in a new run folder, leaving this one alone
+    before = _tree(run)
+    code, out, err = cli("train", *TRAIN, f"resume={abandoned / 'checkpoints' / 'step_00000004.pt'}", "trainer.steps=5")
+    assert code == 0 and _tree(run) == before, err
+    other = [p for p in run.parent.iterdir() if p != run]
+    assert len(other) == 1 and [p.name for p in list_checkpoints(other[0] / "checkpoints")] == ["step_00000005.pt"]
 
 
 def test_resuming_the_newest_checkpoint_continues_the_branch_and_drops_a_torn_line(cli, run):
@@ -469,8 +478,8 @@ def _mutate_checkpoint(rng, path: Path) -> str:
         except Exception:
             continue  # already unreadable
         if kind == "drop":
-            key = rng.choice(sorted(state))
-            state.pop(key)
+            key = (rng.choice(sorted(state)),)
+            state.pop(key[0])
         elif kind == "drop config":
             key = rng.choice(list(_paths(state["config"]))) if isinstance(state.get("config"), dict) else ("config",)
             node = state["config"] if key != ("config",) else state

@@ -287,11 +287,11 @@ BAD = {
                      "trainer.max_nonfinite=0", "model.num_res_blocks=0", "optim.beta2=1.5", "model.dropout=1"],
     "absurd": ["trainer.steps=100000000000000000000", "num_samples=1000000000000", "optim.lr=nan", "optim.lr=inf",
                "trainer.ema_decay=2", "schedule.timesteps=10000000", "steps=100000000", "trainer.batch_size=1000000000",
-               "model.channels=1000000", "guidance.rescale=7", "inpaint.resample=100000", "trainer.cond_drop_prob=nan"],
+               "model.channels=1000000", "guidance.rescale=7", "inpaint.resample=100000", "trainer.cond_drop_prob=nan", "optim.lr=1e38"],
     "bad choice": ["model.prediction=noise", "sampler.spacing=random", "device=tpu", "device=cuda:1", "task=regress",
                    "trainer.precision=fp8", "optim.decay=step", "resume=sometimes/x"],
     "missing file": ["ckpt=/nonexistent/x.pt", "ckpt=latest", "resume=/nonexistent/run", "inception_weights=/no/such/file",
-                     "guidance.classifier=/no/such/run"],
+                     "guidance.classifier=/no/such/run", "paths.output_root=", "paths.cache_dir="],
     "syntax": ["trainer.steps=", "=5", "schedule=[linear", "'model=unet_small,'", "trainer..steps=1", "seed=1=2", "classes=[3,"],
 }
 COMMANDS = ["train", "sample", "eval", "inspect-schedule"]

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from .checkpoint import list_checkpoints
 
 CKPT_DIR = "checkpoints"
+ABANDONED = "abandoned"  # a run folder's branches that a resume from an older checkpoint left behind
 log = logging.getLogger("diffctl")
 
 
@@ -115,7 +116,7 @@ def train_runs(output_root: Path, task: str = "diffusion", failed: bool = False)
     root = Path(output_root) / "train"
     if not root.is_dir():
         return []
-    runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt")}
+    runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt") if ABANDONED not in p.relative_to(root).parts}
     runs = [r for r in runs if run_task(r) == task and (failed or not (r / "FAILED").exists())]
     return sorted(runs, key=lambda p: max(c.stat().st_mtime for c in list_checkpoints(p / CKPT_DIR)), reverse=True)
 
