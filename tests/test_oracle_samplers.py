@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from diffctl.config import load_option
 from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar, sigmas_karras
-from diffctl.data.toy2d import oracle as gmm_oracle
+from diffctl.data.toy2d import gmm_params, oracle as gmm_oracle
 from diffctl.metrics.distances import sliced_wasserstein
 from diffctl.models.oracle import GMMDenoiser
 from diffctl.sample import generate
@@ -48,19 +48,36 @@ def _solve(name, steps, z, **kw):
 
 @pytest.fixture(scope="module")
 def ode_reference():
-    """Starting noise and its probability-flow ODE solution (third-order UniPC, 2,000 steps)."""
+    """Starting noise and its probability-flow ODE solution by classic RK4 in s = log sigma (dx/ds = x - D),
+    written out here (no sampler of the package involved), 600 steps from sigma 80 to 0.002, then the
+    final step every sampler takes to sigma = 0: x = D(x, 0.002).  It is within 1e-9 of a 4,000-step
+    solution, 400x below the smallest sampler error measured against it."""
     z = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return z, _solve("unipc", 2000, z, order=3)
+    den = gmm_oracle()
+    f = lambda x, s: x - den(x, torch.exp(s))
+    s = torch.linspace(math.log(80.0), math.log(0.002), 601, dtype=torch.float64)
+    x = z * 80.0
+    for a, b in zip(s[:-1], s[1:]):
+        h = b - a
+        k1 = f(x, a)
+        k2 = f(x + h / 2 * k1, a + h / 2)
+        k3 = f(x + h / 2 * k2, a + h / 2)
+        k4 = f(x + h * k3, b)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return z, den(x, torch.tensor(0.002, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name,low,high", [("euler", 0.85, 1.3), ("ddim", 0.85, 1.3), ("heun", 1.7, 2.6), ("dpmpp_2m", 1.7, 2.6), ("unipc", 2.3, 3.6)])
-def test_ode_samplers_have_their_order(name, low, high, ode_reference):
-    """Error against the reference falls as NFE^-p: the log-log slope over 32..128 steps."""
+@pytest.mark.parametrize("name,kw,order", [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2),
+                                           ("unipc", {}, 3), ("unipc", {"order": 3}, 4)])
+def test_ode_samplers_have_their_theoretical_order(name, kw, order, ode_reference):
+    """Error against the independent reference falls as NFE^-p with p from theory: Euler/DDIM 1, Heun and
+    DPM-Solver++(2M) 2, UniPC with a p-th order predictor p + 1 (its corrector adds one; Zhao et al. 2023,
+    Thm. 3.3).  The slope is measured between 128 and 256 steps, where it has settled: between 32 and 64
+    steps UniPC-2 shows 2.2-2.5 (the pre-asymptotic range an older version of this test fitted its bound to)."""
     z, ref = ode_reference
-    steps = np.array([32, 64, 128])
-    errors = np.array([(_solve(name, int(n), z) - ref).abs().mean().item() for n in steps])
-    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
-    assert low < slope < high, (name, errors, slope)
+    errors = [(_solve(name, n, z, **kw) - ref).abs().mean().item() for n in (128, 256)]
+    slope = math.log(errors[0] / errors[1]) / math.log(2)
+    assert abs(slope - order) < 0.15, (name, kw, errors, slope)
 
 
 def test_ddim_eta0_is_the_euler_step_of_the_pf_ode():
@@ -106,15 +123,24 @@ def test_dpmpp_2m_matches_algorithm_2():
 
 
 @pytest.mark.parametrize("name,kw", [(n, {}) for n in ALL] + [("heun", {"S_churn": 10.0}), ("unipc", {"order": 3})])
-def test_every_sampler_converges_to_the_data_distribution(name, kw):
-    """On the 8-component mixture: sliced Wasserstein to true samples shrinks with steps and ends near the floor."""
+def test_every_sampler_reproduces_each_mixture_component(name, kw):
+    """On the 8-component mixture (std 0.15, equal weights), 60 steps, 4,000 samples, each assigned to
+    its nearest mean: every weight within 4.5 binomial standard errors of 1/8, every component's mean
+    within 0.04 of the truth (0.01 is its standard error), its std within 0.025 of 0.15 (a component
+    with half or double the std, or a sampler that loses a component, fails)."""
+    means, std = gmm_params()
+    n = 4000
     g = torch.Generator().manual_seed(3)
-    truth, _ = gmm_oracle().sample(3000, g)
-    floor = sliced_wasserstein(truth, gmm_oracle().sample(3000, g)[0])
-    z = torch.randn(3000, 2, generator=g, dtype=torch.float64)
-    noise = lambda i: torch.randn(z.shape, generator=g, dtype=torch.float64)
-    swd = [sliced_wasserstein(_solve(name, n, z, noise=noise, **kw).float(), truth) for n in (3, 60)]
-    assert swd[1] < swd[0] and swd[1] < floor + 0.03, (swd, floor)
+    z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = _solve(name, 60, z, noise=lambda i: torch.randn(z.shape, generator=g, dtype=torch.float64), **kw)
+    k = torch.cdist(x, means).argmin(1)
+    weights = torch.bincount(k, minlength=len(means)).double() / n
+    p = 1 / len(means)
+    assert (weights - p).abs().max().item() < 4.5 * math.sqrt(p * (1 - p) / n), weights
+    for j, mean in enumerate(means):
+        part = x[k == j]
+        assert (part.mean(0) - mean).norm().item() < 0.04, (j, part.mean(0), mean)
+        assert abs(part.std(0).mean().item() - std) < 0.025, (j, part.std(0))
 
 
 @pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "dpmpp_2m_sde"])
@@ -156,9 +182,17 @@ def test_karras_spacing_on_a_discrete_schedule_through_generate():
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine", "sigmoid", "edm"])
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "karras"])
-def test_every_sampler_runs_with_every_schedule_and_spacing(schedule, spacing):
+def test_every_sampler_lands_on_a_point_mass_with_every_schedule_and_spacing(schedule, spacing):
+    """Data that is one point c has the exact denoiser D = c; whatever the schedule and spacing, every
+    sampler must then end exactly at c (each ends with x = D or an Euler step to sigma = 0), visit
+    strictly decreasing timesteps within [0, T), and cost its NFE."""
     ab = make_alpha_bar(schedule, 1000)
+    c = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    point = lambda x, sigma: c.expand_as(x)
     for name in ALL:
         cfg = OmegaConf.merge(load_option("sampler", name), {"spacing": spacing})
-        x, info = generate(gmm_oracle(), ab, cfg, 4, 3, (2,), seed=0)
-        assert torch.isfinite(x).all() and info["nfe"] == nfe_per_step(name, 4), (name, schedule, spacing)
+        x, info = generate(point, ab, cfg, 4, 3, (2,), seed=0)
+        assert torch.allclose(x, c.float().expand(3, 2), atol=1e-6), (name, schedule, spacing, x)
+        t = info["timesteps"]
+        assert all(a > b for a, b in zip(t, t[1:])) and 0 <= t[-1] and t[0] <= 999, (name, t)
+        assert info["nfe"] == nfe_per_step(name, 4), (name, schedule, spacing)

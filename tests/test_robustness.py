@@ -97,8 +97,10 @@ def test_a_second_sigint_aborts_at_once(diffctl):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    for ckpt in list_checkpoints(run / "checkpoints"):  # whatever was written is complete
-        load_checkpoint(ckpt)
+    # the abort's signature: no graceful stop (which would print how to resume and write a checkpoint), the run marked
+    assert err.strip().splitlines()[-1] == "diffctl train: interrupted" and "stopped by SIGINT" not in err, err
+    assert not list_checkpoints(run / "checkpoints")  # ckpt_every=0: only a graceful stop would have written one
+    assert (run / "FAILED").read_text() == "diffctl train failed: interrupted\n"
 
 
 # --- 3. crash-safe checkpoints ---------------------------------------------------------------------

@@ -59,11 +59,18 @@ def test_ddim_eta1_equals_ddpm_given_the_same_noise():
     assert torch.allclose(sample_ddim(den, x, sigmas, eta=1.0, noise=noise), sample_ddpm(den, x, sigmas, noise=noise), atol=1e-9)
 
 
-def test_ancestral_split_preserves_variance():
-    s, n = torch.tensor(3.0).double(), torch.tensor(1.5).double()
-    for eta in (0.0, 0.5, 1.0):
-        down, up = ancestral_step(s, n, eta)
-        assert (down**2 + up**2).item() == pytest.approx(n.item() ** 2)
+def test_ancestral_noise_is_ddims_sigma_eta():
+    """sigma_up is DDIM's sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev) (Song et
+    al. 2021, eq. 16) in the scaled variable (divided by sqrt(a_prev)); sigma_down the rest of sigma_next."""
+    ab = make_alpha_bar("cosine", 1000)
+    sig = sigmas_from_alpha_bar(ab)
+    for t, t_prev in ((900, 700), (300, 299), (50, 10)):
+        a_t, a_prev = ab[t].item(), ab[t_prev].item()
+        for eta in (0.0, 0.3, 1.0):
+            down, up = ancestral_step(sig[t], sig[t_prev], eta)
+            expected_up = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5 / a_prev**0.5
+            assert up.item() == pytest.approx(expected_up, rel=1e-9, abs=1e-15), (t, eta)
+            assert down.item() == pytest.approx((sig[t_prev].item() ** 2 - expected_up**2) ** 0.5, rel=1e-9)
 
 
 @pytest.mark.parametrize("name,kw", [("ddim", {}), ("ddim", {"eta": 1.0}), ("ddpm", {})])

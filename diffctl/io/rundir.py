@@ -28,7 +28,6 @@ def new_run_dir(root: str, command: str) -> str:
     folder is recorded as this command's own (``owned``), and so are the date and command folders it
     had to make: only those may ever be removed again."""
     import datetime
-    import os
 
     if not str(root).strip():
         raise UsageError("paths.output_root is empty (or DIFFCTL_OUTPUT_ROOT is set to ''): give a folder for the run folders, e.g. outputs")
@@ -69,8 +68,6 @@ new_run_dir.created, new_run_dir.made = {}, []
 
 def forget_run_dirs() -> None:
     """A new command starts owning nothing."""
-    import os
-
     new_run_dir.created.clear()
     new_run_dir.made.clear()
     os.environ.pop(RUN_DIRS_ENV, None)
@@ -78,8 +75,6 @@ def forget_run_dirs() -> None:
 
 def owned(folder: Path) -> bool:
     """Whether ``folder`` is (or lies inside) a run folder this command created: the only folders it may remove."""
-    import os
-
     folder = Path(folder).absolute()
     mine = [Path(p).absolute() for p in os.environ.get(RUN_DIRS_ENV, "").split(os.pathsep) if p]
     return any(folder == p or p in folder.parents for p in mine)

@@ -1,0 +1,192 @@
+"""Does the fast test suite catch plausible bugs?  Plant each of MUTATIONS, one at a time, in a
+temporary copy of the package, run the fast suite against it, and report which ones survive.
+
+    python scripts/mutation_check.py                 # every mutation, 2 at a time
+    python scripts/mutation_check.py --only ema      # those whose name or area contains "ema"
+    python scripts/mutation_check.py --jobs 1 --list
+
+A mutation is killed when a test fails (or the suite errors or times out).  The tests most likely to
+catch it run first (``first``), then the whole fast suite, each with ``-x``, so a killed mutation
+costs seconds and a survivor one fast-suite run.  Each job uses one thread (OMP/MKL), so two jobs do
+not oversubscribe two cores.  Results go to stdout and, with --json, to a file; docs/testing.md has
+the last full run.  A script, not part of CI: the whole list takes ~15-30 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mutation:
+    name: str
+    area: str
+    file: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    first: tuple = ()  # test files to run before the rest of the fast suite
+
+
+MUTATIONS = [
+    # --- losses and the forward process
+    Mutation("network sees the clean image", "losses", "diffctl/core/losses.py",
+             "return q_sample(x0, a.to(x0.dtype), noise), t, a", "return x0, t, a", ("tests/test_training.py", "tests/test_losses.py")),
+    Mutation("v target sign", "losses", "diffctl/core/diffusion.py",
+             "return a.sqrt() * noise - (1 - a).sqrt() * x0", "return a.sqrt() * noise + (1 - a).sqrt() * x0", ("tests/test_training.py",)),
+    Mutation("v error scale without sqrt", "losses", "diffctl/core/losses.py",
+             "return sigma / (1 + sigma**2).sqrt()", "return sigma / (1 + sigma**2)", ("tests/test_losses.py",)),
+    Mutation("min-SNR clamps from below", "losses", "diffctl/core/losses.py",
+             "return (1 / sigma**2).clamp(max=gamma)", "return (1 / sigma**2).clamp(min=gamma)", ("tests/test_losses.py",)),
+    Mutation("EDM weight squared only below", "losses", "diffctl/core/losses.py",
+             "return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2", "return (sigma**2 + sigma_data**2) / (sigma * sigma_data)",
+             ("tests/test_losses.py",)),
+    Mutation("lognormal mean and std swapped", "losses", "diffctl/core/losses.py",
+             "* p_std + p_mean).exp()", "* p_mean + p_std).exp()", ("tests/test_losses.py",)),
+    Mutation("eps -> x0 inversion swaps its coefficients", "losses", "diffctl/core/diffusion.py",
+             "x0 = (x_t - s1a * eps) / sa", "x0 = (x_t - sa * eps) / s1a", ("tests/test_diffusion.py",)),
+    Mutation("denoiser feeds x unscaled", "losses", "diffctl/core/diffusion.py",
+             "return x * _bcast(alpha_bar_t.sqrt(), x), t, alpha_bar_t", "return x, t, alpha_bar_t", ("tests/test_diffusion.py",)),
+    # --- schedules
+    Mutation("cosine schedule offset dropped from the numerator", "schedules", "diffctl/core/schedules.py",
+             "f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2", "f = torch.cos(t / (1 + s) * math.pi / 2) ** 2", ("tests/test_schedules.py",)),
+    Mutation("trailing spacing off by one", "schedules", "diffctl/core/schedules.py",
+             "* k) - 1).long()", "* k)).long().clamp(max=timesteps - 1)", ("tests/test_schedules.py",)),
+    Mutation("karras spacing warped the wrong way", "schedules", "diffctl/core/schedules.py",
+             "sig = (max_r + ramp * (min_r - max_r)) ** rho  # EDM eq. 5", "sig = (max_r + ramp * (min_r - max_r)) ** (rho - 1)",
+             ("tests/test_schedules.py",)),
+    Mutation("sigma_to_t interpolates the wrong neighbour", "schedules", "diffctl/core/schedules.py",
+             "return (lo + w).to(sigma.dtype)", "return (hi - w).to(sigma.dtype)", ("tests/test_schedules.py",)),
+    # --- samplers
+    Mutation("ancestral noise ratio inverted", "samplers", "diffctl/core/samplers.py",
+             "sigma_up = (eta * sigma_next * (sigma**2 - sigma_next**2).sqrt() / sigma)", "sigma_up = (eta * sigma * (sigma**2 - sigma_next**2).sqrt() / sigma_next)",
+             ("tests/test_samplers.py",)),
+    Mutation("DDPM posterior ratio not squared", "samplers", "diffctl/core/samplers.py",
+             "r = (sigma_next / sigma) ** 2", "r = sigma_next / sigma", ("tests/test_samplers.py",)),
+    Mutation("DDPM noise at the current level", "samplers", "diffctl/core/samplers.py",
+             "x = x + (sigma_next * (1 - r).sqrt()) * noise(i)", "x = x + (sigma * (1 - r).sqrt()) * noise(i)", ("tests/test_samplers.py",)),
+    Mutation("Heun's correction weights", "samplers", "diffctl/core/samplers.py",
+             "x_next = x + (sigmas[i + 1] - sigma_hat) * (d + d_next) / 2", "x_next = x + (sigmas[i + 1] - sigma_hat) * (d + 3 * d_next) / 4",
+             ("tests/test_oracle_samplers.py",)),
+    Mutation("Heun churn not divided by the steps", "samplers", "diffctl/core/samplers.py",
+             "gamma = min(S_churn / n, 2**0.5 - 1)", "gamma = min(S_churn, 2**0.5 - 1)", ("tests/test_oracle_samplers.py",)),
+    Mutation("DPM-Solver++(2M) step ratio inverted", "samplers", "diffctl/core/samplers.py",
+             "(h / h_last) * (x0 - old_x0)", "(h_last / h) * (x0 - old_x0)", ("tests/test_oracle_samplers.py",)),
+    Mutation("DPM-Solver++ SDE noise variance", "samplers", "diffctl/core/samplers.py",
+             "(-torch.expm1(-2 * eta_h)).sqrt()", "(-torch.expm1(-eta_h)).sqrt()", ("tests/test_oracle_samplers.py",)),
+    Mutation("UniPC step ratios inverted", "samplers", "diffctl/core/samplers.py",
+             "rks = [(lambdas[-1 - k] - l0) / h for k in range(1, order)]", "rks = [h / (lambdas[-1 - k] - l0) for k in range(1, order)]",
+             ("tests/test_oracle_samplers.py",)),
+    Mutation("UniPC first-order corrector weight", "samplers", "diffctl/core/samplers.py",
+             "rhos = torch.tensor([0.5], dtype=b.dtype) if order == 1", "rhos = torch.tensor([1.0], dtype=b.dtype) if order == 1",
+             ("tests/test_oracle_samplers.py",)),
+    # --- EMA
+    Mutation("EMA weighted the wrong way round", "ema", "diffctl/train.py",
+             "torch._foreach_lerp_(ema_p, p, 1 - d)", "torch._foreach_lerp_(ema_p, p, d)", ("tests/test_training.py",)),
+    Mutation("EMA without warm-up", "ema", "diffctl/train.py",
+             "d = min(self.decay, (1 + self.updates) / (10 + self.updates))", "d = self.decay", ("tests/test_training.py",)),
+    # --- likelihood
+    Mutation("decoder variance of the wrong step", "likelihood", "diffctl/core/likelihood.py",
+             "_, logvar = posterior(alpha_bar, 1, x0, x_t)", "_, logvar = posterior(alpha_bar, 2, x0, x_t)", ("tests/test_likelihood.py",)),
+    Mutation("posterior mean coefficient without sqrt", "likelihood", "diffctl/core/likelihood.py",
+             "+ (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t", "+ (1 - beta) * (1 - a_prev) / (1 - a_t) * x_t", ("tests/test_likelihood.py",)),
+    Mutation("prior mean without sqrt", "likelihood", "diffctl/core/likelihood.py",
+             "kl = normal_kl(a.sqrt() * x0,", "kl = normal_kl(a * x0,", ("tests/test_likelihood.py",)),
+    Mutation("KL divides by the wrong variance", "likelihood", "diffctl/core/likelihood.py",
+             "(mean1 - mean2) ** 2 * torch.exp(-logvar2)", "(mean1 - mean2) ** 2 * torch.exp(-logvar1)", ("tests/test_likelihood.py",)),
+    Mutation("dequantisation width added", "likelihood", "diffctl/core/likelihood.py",
+             "return nll_nats / (dims * math.log(2.0)) - math.log2(2.0 / (levels - 1))", "return nll_nats / (dims * math.log(2.0)) + math.log2(2.0 / (levels - 1))",
+             ("tests/test_likelihood.py",)),
+    # --- guidance
+    Mutation("classifier-free guidance around the conditional", "guidance", "diffctl/core/guidance.py",
+             "out = uncond + scale * (cond - uncond)", "out = cond + scale * (cond - uncond)", ("tests/test_guidance.py",)),
+    Mutation("classifier guidance with sigma, not sigma^2", "guidance", "diffctl/core/guidance.py",
+             "return out + scale * s**2 * grad.to(x.dtype)", "return out + scale * s * grad.to(x.dtype)", ("tests/test_guidance.py",)),
+    Mutation("inpainting noises the known region at the wrong level", "guidance", "diffctl/core/guidance.py",
+             "x_in = m * (k + s * z) + (1 - m) * x", "x_in = m * k + (1 - m) * x", ("tests/test_guidance.py",)),
+    # --- resume
+    Mutation("resume forgets the RNG state", "resume", "diffctl/train.py",
+             "            set_rng_state(state[\"rng\"], self.gen)\n", "", ("tests/test_robustness.py",)),
+    Mutation("resume restarts the EMA count", "resume", "diffctl/train.py",
+             "self.ema.updates = state[\"ema_updates\"]", "self.ema.updates = 0", ("tests/test_training.py", "tests/test_robustness.py")),
+    Mutation("resume drops the pending loss window", "resume", "diffctl/train.py",
+             "self.window, self.nonfinite = list(state.get(\"loss_window\", [])), state.get(\"nonfinite\", 0)",
+             "self.window, self.nonfinite = [], state.get(\"nonfinite\", 0)", ("tests/test_robustness.py",)),
+    Mutation("a new lr on resume is ignored", "resume", "diffctl/train.py",
+             "self.sched.base_lrs = [lr for _ in self.opt.param_groups]", "pass", ("tests/test_reliability.py",)),
+]
+
+
+def _copy(dest: Path) -> None:
+    """The package, its configs and the tests, laid out so that ``PYTHONPATH=dest`` imports them."""
+    shutil.copytree(ROOT / "diffctl", dest / "diffctl")
+    shutil.copytree(ROOT / "configs", dest / "diffctl" / "configs")  # what the editable install maps diffctl.configs to
+    shutil.copytree(ROOT / "tests", dest / "tests")
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def run_one(m: Mutation, timeout: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="diffctl-mutant-") as tmp:
+        dest = Path(tmp)
+        _copy(dest)
+        path = dest / m.file.replace("configs/", "diffctl/configs/")
+        text = path.read_text()
+        if text.count(m.old) != 1:
+            return {"name": m.name, "area": m.area, "result": "not applied", "detail": f"found {text.count(m.old)} times in {m.file}"}
+        path.write_text(text.replace(m.old, m.new))
+        env = {**os.environ, "PYTHONPATH": str(dest), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        t0 = time.perf_counter()
+        for stage in ([*m.first], ["tests"]) if m.first else (["tests"],):
+            cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *stage]
+            try:
+                proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return {"name": m.name, "area": m.area, "result": "killed", "detail": "timed out", "seconds": round(time.perf_counter() - t0)}
+            if proc.returncode != 0:
+                failed = [l.split(" ")[1] for l in proc.stdout.splitlines() if l.startswith("FAILED ") or l.startswith("ERROR ")]
+                return {"name": m.name, "area": m.area, "result": "killed", "detail": (failed or [proc.stdout.strip().splitlines()[-1]])[0],
+                        "seconds": round(time.perf_counter() - t0)}
+        return {"name": m.name, "area": m.area, "result": "survived", "detail": "", "seconds": round(time.perf_counter() - t0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="run the mutations whose name or area contains this")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per suite run")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or args.only in m.name or args.only in m.area]
+    if args.list:
+        for m in chosen:
+            print(f"{m.area:11} {m.name}")
+        return
+    print(f"{len(chosen)} mutations, {args.jobs} at a time", flush=True)
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(lambda m: run_one(m, args.timeout), chosen):
+            results.append(r)
+            print(f"{r['result']:11} {r['area']:11} {r['name']}  [{r.get('seconds', 0)} s] {r['detail']}", flush=True)
+    applied = [r for r in results if r["result"] != "not applied"]
+    killed = sum(r["result"] == "killed" for r in applied)
+    print(f"\nkilled {killed} of {len(applied)} ({100 * killed / max(1, len(applied)):.0f}%)"
+          + "".join(f"\n  survived: {r['name']}" for r in applied if r["result"] == "survived")
+          + "".join(f"\n  NOT APPLIED: {r['name']} ({r['detail']})" for r in results if r["result"] == "not applied"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
