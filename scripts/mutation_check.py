@@ -115,6 +115,10 @@ MUTATIONS = [
              "return out + scale * s**2 * grad.to(x.dtype)", "return out + scale * s * grad.to(x.dtype)", ("tests/test_guidance.py",)),
     Mutation("inpainting noises the known region at the wrong level", "guidance", "diffctl/core/guidance.py",
              "x_in = m * (k + s * z) + (1 - m) * x", "x_in = m * k + (1 - m) * x", ("tests/test_guidance.py",)),
+    Mutation("sampling ignores the checkpoint's prediction type", "sampling", "diffctl/runtime.py",
+             "    prediction = trained.cfg.model.prediction\n", "    prediction = \"eps\"\n", ("tests/test_training.py",)),
+    Mutation("sampling ignores ema=false", "sampling", "diffctl/runtime.py",
+             "key = \"ema\" if ema and state.get(\"ema\") is not None else \"model\"", "key = \"ema\"", ("tests/test_training.py",)),
     # --- resume
     Mutation("resume forgets the RNG state", "resume", "diffctl/train.py",
              "            set_rng_state(state[\"rng\"], self.gen)\n", "", ("tests/test_robustness.py",)),

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -11,7 +10,6 @@ from diffctl.config import load_option
 from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar, sigmas_karras
 from diffctl.data.toy2d import gmm_params, oracle as gmm_oracle
-from diffctl.metrics.distances import sliced_wasserstein
 from diffctl.models.oracle import GMMDenoiser
 from diffctl.sample import generate
 
@@ -120,6 +118,45 @@ def test_dpmpp_2m_matches_algorithm_2():
             h_prev = h
         prev = x0
     assert torch.allclose(_solve("dpmpp_2m", 8, z), x, atol=1e-9)
+
+
+def test_heun_with_churn_matches_edm_algorithm_2():
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) written out: gamma = min(S_churn / N,
+    sqrt(2) - 1) inside [S_tmin, S_tmax], noise up to sigma_hat, Euler, then the trapezoid unless sigma' = 0."""
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    noise = lambda i: torch.full_like(z, math.cos(i))
+    sigmas, den = sigmas_karras(0.002, 80.0, 9), gmm_oracle()
+    churn, tmin, tmax, s_noise, n = 2.0, 0.05, 30.0, 1.003, 9  # gamma = 2/9, below its cap of sqrt(2) - 1
+    x = z * 80.0
+    for i in range(n):
+        s0, s1 = sigmas[i], sigmas[i + 1]
+        gamma = min(churn / n, math.sqrt(2) - 1) if tmin <= s0 <= tmax else 0.0
+        s_hat = s0 * (1 + gamma)
+        x_hat = x + (s_hat**2 - s0**2).sqrt() * s_noise * noise(i)
+        d = (x_hat - den(x_hat, s_hat)) / s_hat
+        x = x_hat + (s1 - s_hat) * d
+        if s1 > 0:
+            x = x_hat + (s1 - s_hat) * (d + (x - den(x, s1)) / s1) / 2
+    got = _solve("heun", 9, z, S_churn=churn, S_tmin=tmin, S_tmax=tmax, S_noise=s_noise, noise=noise)
+    assert torch.allclose(got, x, atol=1e-9)
+
+
+def test_unipc_1_matches_its_predictor_corrector_written_out():
+    """UniPC with order 1 (Zhao et al. 2023, Alg. 1-2 with B(h) = e^h - 1): the DDIM predictor
+    x' = (s'/s) x - (e^-h - 1) D and the UniC-1 corrector, which replaces D by (D + D_next) / 2 once
+    D_next = D(x', s') is known; h = log(s / s'), the last step to sigma = 0 returns D."""
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sigmas, den = sigmas_karras(0.002, 80.0, 8), gmm_oracle()
+    x, prev = z * 80.0, None
+    for i in range(8):
+        s0, s1 = sigmas[i], sigmas[i + 1]
+        x0 = den(x, s0)
+        if prev is not None:  # correct the previous step with the new evaluation
+            xp, m, sp = prev
+            x = (s0 / sp) * xp - torch.expm1(-torch.log(sp / s0)) * (m + x0) / 2
+        prev = (x, x0, s0)
+        x = x0 if s1 == 0 else (s1 / s0) * x - torch.expm1(-torch.log(s0 / s1)) * x0
+    assert torch.allclose(_solve("unipc", 8, z, order=1), x, atol=1e-9)
 
 
 @pytest.mark.parametrize("name,kw", [(n, {}) for n in ALL] + [("heun", {"S_churn": 10.0}), ("unipc", {"order": 3})])

@@ -310,7 +310,9 @@ def _fuzz_cases(n: int, seed: int = 0) -> list:
     return cases
 
 
-def test_fuzzed_bad_overrides_are_one_line_errors_without_run_folders(tmp_path, monkeypatch, capfd):
+@pytest.mark.parametrize("cases", [pytest.param(0, id="each-bad-value"), pytest.param(100, id="random-mixes", marks=pytest.mark.slow)])
+def test_fuzzed_bad_overrides_are_one_line_errors_without_run_folders(tmp_path, monkeypatch, capfd, cases):
+    """Every bad value once (fast suite), then random mixes of one to three of them (slow)."""
     from diffctl.cli import run_command
 
     root = tmp_path / "outputs"
@@ -318,7 +320,8 @@ def test_fuzzed_bad_overrides_are_one_line_errors_without_run_folders(tmp_path, 
     monkeypatch.chdir(tmp_path)
     unwritable = tmp_path / "a_file"
     unwritable.write_text("")
-    cases = _fuzz_cases(200) + [(c, [f"paths.output_root={unwritable}/runs"]) for c in COMMANDS]
+    pool = sum(len(v) for v in BAD.values())
+    cases = _fuzz_cases(pool)[:pool] + [(c, [f"paths.output_root={unwritable}/runs"]) for c in COMMANDS] if not cases else _fuzz_cases(pool + cases)[pool:]
     for command, args in cases:
         code = run_command(command, list(args))
         out, err = capfd.readouterr()

@@ -3,7 +3,6 @@ network x_t = (x0 + sigma eps) / sqrt(1 + sigma^2) at the noise level it drew, w
 prediction type; the EMA follows its closed form; sampling uses the weights it names; a short run
 learns a distribution to within a tight margin of the exact denoiser."""
 
-import math
 
 import pytest
 import torch
@@ -102,3 +101,40 @@ def test_a_short_run_learns_the_mixture_to_near_the_exact_denoisers_quality(tmp_
     untrained = make_trainer(tmp_path / "u", "dataset=gmm", "model=mlp", "schedule=linear")
     swd_untrained = sliced_wasserstein(generate(Denoiser(untrained.net, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1)[0], truth)
     assert swd_model < swd_exact + 0.05 < swd_untrained / 4, (swd_model, swd_exact, swd_untrained)
+
+
+def test_a_checkpoint_samples_with_its_own_prediction_type_schedule_and_weights(tmp_path):
+    """sample/eval rebuild the denoiser from the checkpoint's config (here v-prediction on the linear
+    schedule, not the eps/cosine defaults) and use its EMA weights unless ema=false: D(x, sigma) equals
+    sqrt(a) x_t - sqrt(1 - a) v(x_t, t), computed here from the stored weights."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffctl.models import build_model
+    from diffctl.runtime import load_source
+
+    trainer = make_trainer(tmp_path / "run", "model.prediction=v", "schedule=linear", "trainer.steps=2", "trainer.ckpt_every=0")
+    trainer.fit()
+    path = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    ab = make_alpha_bar("linear", 1000)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = torch.tensor(0.8, dtype=torch.float64)
+    a = 1 / (1 + sigma**2)
+    t = torch.full((3,), float(torch.searchsorted(((1 - ab) / ab).sqrt(), sigma)))  # between two training timesteps
+    for ema in (True, False):
+        GlobalHydra.instance().clear()
+        with initialize_config_module("diffctl.configs", version_base="1.3"):
+            cfg = compose("sample", overrides=[f"ckpt={path}", f"ema={str(ema).lower()}", f"paths.output_root={tmp_path}"])
+        source = load_source(cfg, torch.device("cpu"))
+        assert source.prediction == "v" and torch.equal(source.alpha_bar, ab)
+        net = build_model(trainer.cfg.model, (1, 8, 8))
+        net.load_state_dict(state["ema" if ema else "model"])
+        x_t = (x * a.sqrt()).float()
+        ls = ((1 - ab) / ab).sqrt().log()  # the continuous timestep of sigma: log-sigma interpolation between neighbours
+        hi = int(t[0])
+        tc = (hi - 1) + (sigma.log() - ls[hi - 1]) / (ls[hi] - ls[hi - 1])
+        with torch.no_grad():
+            v = net(x_t, torch.full((3,), tc.item())).double()
+        expected = a.sqrt() * x_t.double() - (1 - a).sqrt() * v
+        assert torch.allclose(source.denoise(x, sigma), expected, atol=1e-5), ema
