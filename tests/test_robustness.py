@@ -92,8 +92,13 @@ def test_sigterm_checkpoints_and_the_run_resumes(diffctl):
 
 @pytest.mark.slow
 def test_a_second_sigint_aborts_at_once(diffctl):
-    proc, run = _start_train(diffctl, "trainer.steps=100000", "trainer.ckpt_every=0", "model=unet_small", "trainer.batch_size=256")
+    proc, run = _start_train(diffctl, "trainer.steps=100000", "trainer.ckpt_every=0", "model=unet_small", "trainer.batch_size=512")
     proc.send_signal(signal.SIGINT)
+    # as a person presses Ctrl-C twice: the second after the first was seen (two signals sent back to back
+    # reach Python's handler once, and then the run stops gracefully, which this test must tell apart)
+    deadline = time.time() + 30
+    while "SIGINT received" not in (run / "train.log").read_text() and time.time() < deadline:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
