@@ -244,8 +244,10 @@ def test_a_checkpoint_write_never_removes_a_live_writers_temp_file(tmp_path):
         live.write_bytes(b"being written")
         dead = tmp_path / ".step_00000001.pt.tmp-999999999"
         dead.write_bytes(b"left by a killed process")
+        foreign = tmp_path / ".notes.txt.tmp-999999999"  # not a name diffctl writes: never touched
+        foreign.write_text("the user's")
         save_checkpoint(tmp_path / "step_00000003.pt", {"step": 3})
-        assert live.exists() and not dead.exists()
+        assert live.exists() and not dead.exists() and foreign.exists()
     finally:
         sleeper.kill()
         sleeper.wait()

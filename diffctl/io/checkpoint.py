@@ -34,8 +34,9 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     """Atomically write ``state`` (plus format and version) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(".*.tmp-*"):  # left by a process killed mid-write (never another live one's)
-        if _writer_gone(stale):
+    for stale in path.parent.glob(".*.tmp-*"):  # our own temp files (".<checkpoint name>.tmp-<pid>") left by a process killed mid-write
+        target = stale.name[1:].rsplit(".tmp-", 1)[0]
+        if (target == path.name or _NAME.match(target)) and _writer_gone(stale):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     buffer = io.BytesIO()  # serialised first, so a failed write is the OS's own error (ENOSPC, EFBIG), not torch's zip writer's
