@@ -52,9 +52,9 @@ def hydra_app(command: str) -> Callable[[], None]:
     from omegaconf import OmegaConf
 
     from .config import register_schemas
-    from .validation import validate
     from .errors import Interrupted
     from .io.rundir import RunLock, new_run_dir, owned, save_config
+    from .validation import validate
 
     register_schemas()
     OmegaConf.register_new_resolver("diffctl_run_dir", new_run_dir, use_cache=True, replace=True)
@@ -140,6 +140,8 @@ def _one_line(err: BaseException) -> str:
         if "Config search path" in str(e):
             break
     text = re.sub(r"\b\w+ raised while resolving interpolation: ", "", "; ".join(parts))  # our own error inside a resolver
+    # a group this command does not have (sample model=...): Hydra's hint to append it with + would only fail later
+    text = re.sub(r"Could not override '([\w.]+)'\. No match in the defaults list\.(; To append .*)?", r"this command has no '\1' config group", text)
     if "Available options in" in text:  # Hydra lists options one per line: join them with commas
         head, _, opts = text.partition("Available options in")
         name, _, opts = opts.partition(":")

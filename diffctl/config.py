@@ -1,135 +1,53 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
-Each YAML option names its schema in its defaults list (``- /schema_model_unet@_here_``), so
-Hydra rejects an unknown key or a wrong type while composing, for ``--cfg job`` and ``-m``
-sweeps alike.  Schemas are stored at the root (not in a group) so they never show up as
-options in ``--help``.  Fields whose value must come from a fixed list are checked by
-``diffctl.validation.validate`` after composition, with a message naming what is allowed.
+The options of a registered choice (a dataset, model, schedule, sampler or loss) are written once,
+as the keyword-only parameters of its function in the registry (``diffctl.core.registry``); the
+schema of each option is made from that signature on top of its group's shared fields (``BASES``),
+so a YAML file holds only what differs from the code's defaults.  Each YAML option names its schema
+in its defaults list (``- /schema_sampler_ddim@_here_``), so Hydra rejects an unknown key or a wrong
+type while composing, for ``--cfg job`` and ``-m`` sweeps alike.  Schemas are stored at the root
+(not in a group) so they never show up as options in ``--help``.  Fields whose value must come
+from a fixed list are checked by ``diffctl.validation.validate`` after composition.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .core.losses import LOSSES
+from .core.samplers import SAMPLERS
+from .core.schedules import SCHEDULES
+from .data import DATASETS
+from .models import MODELS
 
 
-# --- dataset -----------------------------------------------------------------------------------
+# --- the fields every option of a group shares -------------------------------------------------
 @dataclass
-class DigitsConfig:
-    name: str = "digits"  # scikit-learn's bundled 8x8 digits; 17 pixel levels, 10 classes
-
-
-@dataclass
-class Toy2dConfig:
-    name: str = "moons"  # swiss_roll | moons | gmm
-    num_train: int = 20000  # points in the train split
-    num_test: int = 5000  # points in the test split
-    seed: int = 0  # generator seed of the points (test uses seed + 1)
+class DatasetBase:
+    name: str = "digits"
 
 
 @dataclass
-class DigitsGMMConfig:
-    name: str = "digits_gmm"  # 8x8 Gaussian mixture around the 10 class-mean digits (exact denoiser known)
-    std: float = 0.2  # shared isotropic std of each component, in [-1, 1] pixel units
-    num_train: int = 2000
-    num_test: int = 300
-    seed: int = 0
-
-
-@dataclass
-class VisionConfig:
-    name: str = "mnist"  # mnist | fashion_mnist | cifar10 | celeba | folder | mnist5k (files in torchvision's layout under root)
-    root: str = "data"  # where the files are (env DIFFCTL_DATA); for folder: <root>/<class>/<images>
-    download: bool = False  # fetch with torchvision's downloader (needs a network); offline, missing files are an error naming them
-    image_size: Optional[int] = None  # resize the shorter side and centre-crop to this size; None: as stored
-    crop: Optional[int] = None  # centre crop (px) before resizing (CelebA: 140)
-    hflip: bool = False  # random horizontal flips while training
-    limit: Optional[int] = None  # use only the first N images of each split (quick runs)
-    grayscale: bool = False  # folder: read images as 1-channel
-
-
-# --- model -------------------------------------------------------------------------------------
-@dataclass
-class UNetConfig:
+class ModelBase:
     arch: str = "unet"
-    prediction: str = "eps"  # what the network outputs: eps | x0 | v
-    channels: int = 64  # base channel count
-    channel_mult: List[int] = field(default_factory=lambda: [1, 2])  # channels per resolution level
-    num_res_blocks: int = 2  # residual blocks per level
-    attn_resolutions: List[int] = field(default_factory=lambda: [4])  # feature-map sizes with self-attention
-    dropout: float = 0.0
-    heads: int = 4  # attention heads
-    num_classes: int = 0  # > 0: class-conditional with a null label (classifier-free guidance); the dataset's class count
+    prediction: str = "eps"  # what the network outputs: eps | x0 | v (a choice of the preconditioning's c_skip, c_out)
+    sigma_data: float = 1.0  # the data's std that the preconditioning assumes (EDM: 0.5)
 
 
 @dataclass
-class OracleConfig:
-    arch: str = "oracle"  # the closed-form optimal denoiser of dataset=gmm|digits_gmm; sample/eval only
-    prediction: str = "x0"
-
-
-@dataclass
-class MLPConfig:
-    arch: str = "mlp"
-    prediction: str = "v"  # eps | x0 | v
-    hidden: int = 256  # width of the residual blocks
-    depth: int = 3  # number of residual blocks
-    dropout: float = 0.0
-    num_classes: int = 0  # > 0: class-conditional with a null label (classifier-free guidance)
-
-
-# --- schedule ----------------------------------------------------------------------------------
-@dataclass
-class _Schedule:
+class ScheduleBase:
     name: str = "linear"
     timesteps: int = 1000  # T
     zero_terminal_snr: bool = False  # rescale to zero terminal SNR (Lin et al. 2024); pair with v-prediction
 
 
 @dataclass
-class LinearScheduleConfig(_Schedule):
-    name: str = "linear"  # DDPM: betas linear in [beta_start, beta_end]
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-
-@dataclass
-class ScaledLinearScheduleConfig(_Schedule):
-    name: str = "scaled_linear"  # latent diffusion: sqrt(beta) linear
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-
-
-@dataclass
-class CosineScheduleConfig(_Schedule):
-    name: str = "cosine"  # improved DDPM eq. 17
-    s: float = 0.008  # offset that keeps beta_1 from being too small
-    max_beta: float = 0.999  # clip near t = T
-
-
-@dataclass
-class SigmoidScheduleConfig(_Schedule):
-    name: str = "sigmoid"  # Jabri et al. 2022 / Chen 2023
-    start: float = -3.0
-    end: float = 3.0
-    tau: float = 1.0  # temperature: larger is closer to linear in alpha_bar
-    clip_min: float = 1e-9
-
-
-@dataclass
-class EDMScheduleConfig(_Schedule):
-    name: str = "edm"  # Karras et al. 2022 noise levels, eq. 5
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-
-
-# --- sampler -----------------------------------------------------------------------------------
-@dataclass
-class _Sampler:
+class SamplerBase:
     name: str = "ddim"
     spacing: str = "trailing"  # noise levels visited: leading | trailing | linspace | karras
     rho: float = 7.0  # warping of spacing=karras (EDM eq. 5)
@@ -137,72 +55,27 @@ class _Sampler:
 
 
 @dataclass
-class DDPMSamplerConfig(_Sampler):
-    name: str = "ddpm"  # ancestral sampling with the posterior variance (DDPM Algorithm 2)
+class LossBase:
+    name: str = "simple"
 
 
-@dataclass
-class DDIMSamplerConfig(_Sampler):
-    name: str = "ddim"  # DDIM eq. 12
-    eta: float = 0.0  # 0: deterministic; 1: DDPM ancestral
+# group -> (registry of its choices, shared fields)
+GROUPS = {"dataset": (DATASETS, DatasetBase), "model": (MODELS, ModelBase), "schedule": (SCHEDULES, ScheduleBase),
+          "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase)}
 
 
-@dataclass
-class EulerSamplerConfig(_Sampler):
-    name: str = "euler"  # Euler on the probability-flow ODE
-
-
-@dataclass
-class EulerAncestralSamplerConfig(_Sampler):
-    name: str = "euler_ancestral"
-    eta: float = 1.0  # share of each step's variance re-injected as fresh noise
-
-
-@dataclass
-class HeunSamplerConfig(_Sampler):
-    name: str = "heun"  # EDM Algorithm 2 (2 NFE per step but the last)
-    S_churn: float = 0.0  # total stochasticity; 0 = deterministic Heun
-    S_tmin: float = 0.0  # churn only for sigma in [S_tmin, S_tmax]
-    S_tmax: float = 1.0e9
-    S_noise: float = 1.0  # noise inflation of the churn
-
-
-@dataclass
-class DPMpp2MSamplerConfig(_Sampler):
-    name: str = "dpmpp_2m"  # DPM-Solver++(2M)
-
-
-@dataclass
-class DPMpp2MSDESamplerConfig(_Sampler):
-    name: str = "dpmpp_2m_sde"  # DPM-Solver++(2M) SDE
-    eta: float = 1.0
-    s_noise: float = 1.0
-
-
-@dataclass
-class UniPCSamplerConfig(_Sampler):
-    name: str = "unipc"  # UniPC bh2 predictor-corrector
-    order: int = 2  # predictor order (1..3); the corrector adds one
-
-
-# --- loss --------------------------------------------------------------------------------------
-@dataclass
-class SimpleLossConfig:
-    name: str = "simple"  # uniform MSE on the target at uniform timesteps (DDPM eq. 14)
-
-
-@dataclass
-class MinSNRLossConfig:
-    name: str = "min_snr"  # Hang et al. 2023: weight min(SNR, gamma) on the x0 error
-    gamma: float = 5.0
-
-
-@dataclass
-class EDMLossConfig:
-    name: str = "edm"  # Karras et al. 2022: lambda(sigma) at lognormal noise levels
-    sigma_data: float = 0.5
-    p_mean: float = -1.2  # ln sigma ~ N(p_mean, p_std^2)
-    p_std: float = 1.2
+@functools.lru_cache(maxsize=None)
+def option_schema(group: str, name: str) -> type:
+    """The schema of choice ``name`` of ``group``: the group's shared fields, ``key = name``, and the keyword-only
+    parameters of the registered function with their types and defaults."""
+    registry, base = GROUPS[group]
+    fields = [(registry.key, str, field(default=name))]
+    for option, (kind, default) in registry.options(name).items():
+        if isinstance(default, (tuple, list)):
+            fields.append((option, kind, field(default_factory=functools.partial(list, default))))
+        else:
+            fields.append((option, kind, field(default=default)))
+    return make_dataclass(f"{group}_{name}", fields, bases=(base,))
 
 
 # --- trainer / optim / paths -------------------------------------------------------------------
@@ -265,7 +138,7 @@ class TrainConfig:
 class GuidanceConfig:
     scale: float = 1.0  # classifier-free guidance w: 1 = the conditional model, 0 = unconditional, > 1 stronger
     rescale: float = 0.0  # phi in [0, 1]: guidance rescale (Lin et al. 2024) against over-saturation at large w
-    classifier: Optional[str] = None  # classifier guidance: a task=classifier checkpoint | run folder | latest | oracle (model=oracle)
+    classifier: Optional[str] = None  # classifier guidance: a task=classifier checkpoint | run folder | latest | oracle (with ckpt=oracle)
     classifier_scale: float = 1.0  # s in D + s sigma^2 grad log p(y | x): 1 = Bayes' rule with the classifier, > 1 sharper
 
 
@@ -279,11 +152,10 @@ class InpaintConfig:
 @dataclass
 class SampleConfig:
     sampler: Any = None
-    model: Any = None  # only model=oracle (with dataset=, schedule=): a checkpoint brings its own
-    dataset: Any = None
-    schedule: Any = None
+    dataset: Any = None  # only with ckpt=oracle (a checkpoint brings its own): dataset=gmm | digits_gmm
+    schedule: Any = None  # only with ckpt=oracle: the noise levels to sample on (default linear)
     paths: Any = None
-    ckpt: str = "latest"  # checkpoint file | run folder | latest
+    ckpt: str = "latest"  # checkpoint file | run folder | latest | oracle: the exact denoiser of dataset=gmm|digits_gmm
     steps: int = 50  # sampling steps (NFE for ddim / ddpm)
     num_samples: int = 64
     batch_size: int = 256
@@ -298,11 +170,10 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     sampler: Any = None
-    model: Any = None
-    dataset: Any = None
-    schedule: Any = None
+    dataset: Any = None  # only with ckpt=oracle
+    schedule: Any = None  # only with ckpt=oracle
     paths: Any = None
-    ckpt: str = "latest"
+    ckpt: str = "latest"  # checkpoint file | run folder | latest | oracle
     metrics: List[str] = field(default_factory=list)  # the default list is in configs/eval.yaml; those that apply run, the others are listed as skipped
     samplers: List[str] = field(default_factory=list)  # several samplers: a quality-vs-NFE grid (with steps=[...])
     steps: Any = 50  # an int, or a list of step counts for the grid
@@ -328,45 +199,16 @@ class InspectConfig:
     image_index: int = 0  # which test image the strip noises
 
 
-SCHEMAS = {
-    "schema_dataset_digits": DigitsConfig,
-    "schema_dataset_toy2d": Toy2dConfig,
-    "schema_model_unet": UNetConfig,
-    "schema_model_mlp": MLPConfig,
-    "schema_model_oracle": OracleConfig,
-    "schema_dataset_digits_gmm": DigitsGMMConfig,
-    "schema_dataset_vision": VisionConfig,
-    "schema_schedule_linear": LinearScheduleConfig,
-    "schema_schedule_scaled_linear": ScaledLinearScheduleConfig,
-    "schema_schedule_cosine": CosineScheduleConfig,
-    "schema_schedule_sigmoid": SigmoidScheduleConfig,
-    "schema_schedule_edm": EDMScheduleConfig,
-    "schema_loss_simple": SimpleLossConfig,
-    "schema_loss_min_snr": MinSNRLossConfig,
-    "schema_loss_edm": EDMLossConfig,
-    "schema_sampler_ddpm": DDPMSamplerConfig,
-    "schema_sampler_ddim": DDIMSamplerConfig,
-    "schema_sampler_euler": EulerSamplerConfig,
-    "schema_sampler_euler_ancestral": EulerAncestralSamplerConfig,
-    "schema_sampler_heun": HeunSamplerConfig,
-    "schema_sampler_dpmpp_2m": DPMpp2MSamplerConfig,
-    "schema_sampler_dpmpp_2m_sde": DPMpp2MSDESamplerConfig,
-    "schema_sampler_unipc": UniPCSamplerConfig,
-    "schema_trainer": TrainerConfig,
-    "schema_optim_adamw": AdamWConfig,
-    "schema_paths": PathsConfig,
-    "schema_train": TrainConfig,
-    "schema_sample": SampleConfig,
-    "schema_eval": EvalConfig,
-    "schema_inspect_schedule": InspectConfig,
-}
+def _schemas() -> dict:
+    out = {f"schema_{group}_{name}": option_schema(group, name) for group, (registry, _) in GROUPS.items() for name in registry}
+    out.update({"schema_trainer": TrainerConfig, "schema_optim_adamw": AdamWConfig, "schema_paths": PathsConfig, "schema_train": TrainConfig,
+                "schema_sample": SampleConfig, "schema_eval": EvalConfig, "schema_inspect_schedule": InspectConfig})
+    return out
 
 
 def load_option(group: str, name: str) -> DictConfig:
-    """The shipped YAML of option ``name`` in config ``group`` (its schema line dropped)."""
+    """The shipped option ``name`` of config ``group``, merged onto its schema (a YAML holds only what differs)."""
     from importlib import resources
-
-    from omegaconf import OmegaConf
 
     folder = resources.files("diffctl.configs") / group
     path = folder / f"{name}.yaml"
@@ -374,11 +216,11 @@ def load_option(group: str, name: str) -> DictConfig:
         options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
         raise ValueError(f"unknown {group} {name!r}; choose from: {', '.join(options)}")
     cfg = OmegaConf.create(path.read_text())
-    cfg.pop("defaults", None)
-    return cfg
+    schema = next(str(d)[1:].split("@")[0] for d in cfg.pop("defaults") if str(d).startswith("/schema_"))
+    return OmegaConf.merge(OmegaConf.structured(_schemas()[schema]), cfg)
 
 
 def register_schemas() -> None:
     cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
+    for name, node in _schemas().items():
         cs.store(name=name, node=node)

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix; the CLI prints it as one line."""
+"""The two exceptions the CLI reports as a message and an exit code, without a traceback: ``UsageError``
+(a mistake the user can fix, exit 2) and ``Interrupted`` (a run stopped on request, its state saved)."""
 
 
 class UsageError(Exception):

@@ -25,7 +25,7 @@ from .io.images import save_grid, save_scatter
 from .io.rundir import write_json
 from .metrics import METRICS, EvalContext, Skipped, skip_reason
 from .runtime import load_source, resolve_device
-from .sample import describe_guidance, sample_with_progress
+from .steering import describe_guidance, generate_from_config
 
 log = logging.getLogger("diffctl.eval")
 
@@ -78,21 +78,22 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
-    rows, once, timings, memo, first_info = [], {}, {}, {}, {}
+    rows, once, timings, memo, first = [], {}, {}, {}, None
     for sampler_cfg, steps in grid:
         cache = {}
 
         def samples() -> torch.Tensor:
             if "x" not in cache:
-                x, cache["info"], timings[f"sampling {sampler_cfg.name}x{steps}"] = sample_with_progress(source, cfg, device, steps, sampler_cfg)
-                cache["x"] = quantize(x, data.levels)
+                cache["gen"] = gen = generate_from_config(source, cfg, device, steps, sampler_cfg)
+                timings[f"sampling {sampler_cfg.name}x{steps}"] = gen.seconds
+                cache["x"] = quantize(gen.samples, data.levels)
             return cache["x"]
 
         def labels():
             samples()
-            return torch.tensor(cache["info"]["labels"]) if "labels" in cache["info"] else None
+            return cache["gen"].labels
 
-        ctx = EvalContext(source.net, source.alpha_bar, source.prediction, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
+        ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
                           options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels)
         row = {}
         for name in active:
@@ -109,14 +110,15 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 continue
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
             (row if metric.uses_samples else once)[name] = result
-        info = cache.get("info", {"sampler": sampler_cfg.name, "steps": steps, "nfe": None})
-        rows.append({"sampler": info["sampler"], "steps": steps, "nfe": info["nfe"], "spacing": sampler_cfg.spacing, "metrics": row})
+        gen = cache.get("gen")
+        rows.append({"sampler": gen.sampler if gen else sampler_cfg.name, "steps": steps, "nfe": gen.nfe if gen else None,
+                     "spacing": sampler_cfg.spacing, "metrics": row})
         last = cache.get("x")
-        first_info = first_info or cache.get("info", {})
+        first = first or gen
     report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
-              "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"], "classifier_nfe": first_info.get("classifier_nfe", 0),
+              "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"], "classifier_nfe": first.classifier_nfe if first else 0,
               "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
-              "guidance": first_info.get("guidance", OmegaConf.to_container(cfg.guidance)),
+              "guidance": first.guidance if first and first.guidance is not None else OmegaConf.to_container(cfg.guidance),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
     if len(rows) > 1:
         report["grid"] = rows

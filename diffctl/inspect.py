@@ -21,9 +21,9 @@ from .core.diffusion import q_sample
 from .core.schedules import betas_from_alpha_bar, sampling_sigmas, sigmas_from_alpha_bar, snr
 from .data import load_dataset
 from .errors import UsageError
+from .generation import visited_timesteps
 from .io.rundir import write_json
 from .runtime import schedule_alpha_bar
-from .sample import visited_timesteps
 
 log = logging.getLogger("diffctl.inspect")
 STRIP_FRACTIONS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # of T, for the forward-process strip

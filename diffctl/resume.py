@@ -26,6 +26,19 @@ BRANCHING = ("optim.lr", "trainer.grad_clip", "trainer.precision", "trainer.batc
 _OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
 
 
+def _with_defaults(saved: dict) -> dict:
+    """A checkpoint's config with the options added to its choices since it was written, at their defaults
+    (what that run trained with); options that no longer exist stay, so a run that used one is not resumed."""
+    from .config import GROUPS, option_schema
+
+    out = dict(saved)
+    for group, (registry, _) in GROUPS.items():
+        node = saved.get(group)
+        if isinstance(node, dict) and node.get(registry.key) in registry:
+            out[group] = {**OmegaConf.to_container(OmegaConf.structured(option_schema(group, node[registry.key]))), **node}
+    return out
+
+
 def _flat(d, prefix=""):
     for k, v in d.items():
         yield from _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
@@ -35,6 +48,7 @@ def check_same_run(saved: dict, cfg: DictConfig, path: Path) -> dict:
     """Resuming continues a run: its data, model, schedule, loss and optimiser must be the same (the
     learning rate excepted).  Returns the BRANCHING options that changed, ``{key: (before, now)}``."""
     current = OmegaConf.to_container(cfg, resolve=True)
+    saved = _with_defaults(saved)
     old = dict(_flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
     new = dict(_flat({k: current[k] for k in RUN_DEFINING}))
     keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first

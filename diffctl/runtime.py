@@ -12,12 +12,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .core.diffusion import Denoiser, NoisyClassifier
-from .core.schedules import make_alpha_bar
+from .core.schedules import SCHEDULES, make_alpha_bar
 from .errors import UsageError
 from .io.checkpoint import load_checkpoint
 from .models import build_model
 
-log = logging.getLogger("diffctl.sample")
+log = logging.getLogger("diffctl.runtime")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,8 +48,7 @@ def autocast(device: torch.device, precision: str):
 
 def schedule_alpha_bar(schedule_cfg: DictConfig) -> torch.Tensor:
     """alpha_bar ``[T]`` (float64) of a ``schedule`` config group."""
-    params = {k: v for k, v in OmegaConf.to_container(schedule_cfg).items() if k not in ("name", "timesteps")}
-    return make_alpha_bar(schedule_cfg.name, schedule_cfg.timesteps, **params)
+    return make_alpha_bar(schedule_cfg.name, schedule_cfg.timesteps, schedule_cfg.zero_terminal_snr, **SCHEDULES.values(schedule_cfg))
 
 
 @dataclass
@@ -72,6 +71,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
     refused (they would sample blank images)."""
     from omegaconf.errors import OmegaConfBaseException
 
+    from .config import option_schema
     from .io.checkpoint import TRAINED, inert_config, require
     from .validation import check_values
 
@@ -80,6 +80,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
     try:
         cfg = inert_config(state["config"])
         check_values(cfg)
+        cfg.model = OmegaConf.merge(OmegaConf.structured(option_schema("model", cfg.model.arch)), cfg.model)  # options added since: defaults
         found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
         if found != task:
             raise UsageError(f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}" if task == "diffusion"
@@ -125,34 +126,32 @@ class Source:
 
 
 def load_source(cfg: DictConfig, device: torch.device) -> Source:
-    """``model=oracle dataset=...`` -> the exact denoiser; otherwise ``ckpt=`` -> the trained model."""
+    """``ckpt=oracle dataset=...`` -> the exact denoiser of a Gaussian mixture; otherwise ``ckpt=`` -> the trained model."""
     from .config import load_option
     from .data import load_dataset
     from .io.rundir import resolve_checkpoint
 
-    if cfg.get("model") is not None:
-        if cfg.model.arch != "oracle":
-            raise UsageError(f"model={cfg.model.arch}: at sample/eval time only model=oracle is chosen here; a checkpoint brings its own model (ckpt=...)")
+    if cfg.ckpt == "oracle":
         if cfg.get("dataset") is None:
-            raise UsageError("model=oracle needs dataset=gmm or dataset=digits_gmm")
+            raise UsageError("ckpt=oracle needs dataset=gmm or dataset=digits_gmm")
         data = load_dataset(cfg.dataset)
         if data.oracle is None:
-            raise UsageError(f"model=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm or dataset=digits_gmm")
+            raise UsageError(f"ckpt=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm or dataset=digits_gmm")
         schedule = cfg.schedule if cfg.get("schedule") is not None else load_option("schedule", "linear")
         return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name},
                       num_classes=data.oracle.num_classes)
     if cfg.get("dataset") is not None or cfg.get("schedule") is not None:
-        raise UsageError("dataset= and schedule= apply to model=oracle only; a checkpoint brings its own")
+        raise UsageError("dataset= and schedule= apply to ckpt=oracle only; a checkpoint brings its own")
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     trained = load_trained(ckpt, device, ema=cfg.ema)
     data = load_dataset(trained.cfg.dataset)
     if tuple(data.shape) != trained.data_shape:
         raise UsageError(f"{ckpt}: malformed diffctl checkpoint (data_shape {list(trained.data_shape)}, but its dataset={data.name} "
                          f"has items of shape {list(data.shape)})")
-    prediction = trained.cfg.model.prediction
-    return Source(Denoiser(trained.net, trained.alpha_bar.to(device), prediction), trained.alpha_bar, data,
-                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, prediction,
-                  trained.cfg.model.get("num_classes", 0))
+    model = trained.cfg.model
+    return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
+                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, model.prediction,
+                  model.num_classes)
 
 
 @dataclass
@@ -166,12 +165,12 @@ class Classifier:
 
 def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.device) -> Classifier:
     """``guidance.classifier=``: a ``task=classifier`` checkpoint, run folder or ``latest``; or ``oracle``,
-    the exact posterior over the components of a ``model=oracle`` mixture."""
+    the exact posterior over the components of a ``ckpt=oracle`` mixture."""
     from .io.rundir import resolve_checkpoint
 
     if spec == "oracle":
         if source.net is not None or source.data.oracle is None:
-            raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with model=oracle dataset=gmm|digits_gmm")
+            raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with ckpt=oracle dataset=gmm|digits_gmm")
         return Classifier(source.data.oracle.log_posterior, source.data.oracle.num_classes, {"classifier": "oracle"})
     path = resolve_checkpoint(spec, Path(cfg.paths.output_root), key="guidance.classifier", task="classifier")
     trained = load_trained(path, device, ema=cfg.ema, task="classifier")
@@ -181,7 +180,7 @@ def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.de
                          f"(dataset={trained.cfg.dataset.name}); this model makes {list(data.shape)} data of dataset={data.name}")
     if trained.cfg.dataset.name != data.name:
         log.warning("guidance.classifier was trained on dataset=%s, the model on dataset=%s", trained.cfg.dataset.name, data.name)
-    return Classifier(NoisyClassifier(trained.net, trained.alpha_bar.to(device)), trained.num_classes,
+    return Classifier(NoisyClassifier(trained.net, trained.alpha_bar.to(device), trained.cfg.model.sigma_data), trained.num_classes,
                       {"classifier": str(path), "classifier_step": trained.step})
 
 

@@ -13,18 +13,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.diffusion import Denoiser
-from .core.losses import LOSSES, classifier_loss, weighted_loss
+from .core.diffusion import Denoiser, NoisyClassifier
+from .core.losses import LOSSES
 from .data import load_dataset
 from .errors import Interrupted, UsageError
+from .generation import Conditioning, class_labels, generate
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
+from .metrics.classifier import accuracy_by_timestep
 from .models import build_model, count_parameters
 from .progress import progress_bar
 from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state
 from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
-from .sample import Conditioning, class_labels, generate
+from .validation import check_training
 
 log = logging.getLogger("diffctl.train")
 
@@ -62,22 +64,6 @@ def lr_lambda(optim_cfg: DictConfig, total_steps: int):
     return f
 
 
-def _loss_functions(loss_cfg: DictConfig):
-    """(training noise-level sampler, weighting) of the ``loss`` group, with its parameters bound."""
-    import functools
-    import inspect
-
-    if loss_cfg.name not in LOSSES:
-        raise UsageError(f"unknown loss {loss_cfg.name!r}; choose from: {', '.join(LOSSES)}")
-    params = {k: v for k, v in loss_cfg.items() if k != "name"}
-
-    def bind(fn):  # each config key goes to the function that takes it
-        names = inspect.signature(fn).parameters
-        return functools.partial(fn, **{k: v for k, v in params.items() if k in names})
-
-    return tuple(bind(fn) for fn in LOSSES[loss_cfg.name])
-
-
 def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
     """Classifier-free training: each label becomes the null label with probability ``p``."""
     drop = torch.rand(len(y), generator=generator).to(y.device) < p
@@ -97,30 +83,16 @@ class Trainer:
             shared = [str(self.run_dir)]
             dist.broadcast_object_list(shared, src=0)  # every rank works in rank 0's run folder
             self.run_dir = Path(shared[0])
-            if cfg.trainer.batch_size % self.dist.world:
-                raise UsageError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must be divisible by the {self.dist.world} processes")
         fast_math(self.device, cfg.trainer.tf32)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batches and timesteps
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
-        self.num_classes = cfg.model.get("num_classes", 0)
+        self.num_classes = cfg.model.num_classes
         self.classifier = cfg.task == "classifier"
-        if self.classifier:
-            if self.num_classes:
-                raise UsageError("task=classifier trains a noise-aware classifier of the dataset's classes: drop model.num_classes")
-            if self.data.train_labels is None:
-                raise UsageError(f"task=classifier needs a labelled dataset; dataset={self.data.name} has no labels (use digits, gmm or digits_gmm)")
-            self.train_y = self.data.train_labels.to(self.device)
-        elif self.num_classes:
-            if self.data.train_labels is None or self.num_classes != self.data.num_classes:
-                have = f"{self.data.num_classes} classes" if self.data.train_labels is not None else "no labels"
-                raise UsageError(f"model.num_classes={self.num_classes}, but dataset={self.data.name} has {have}; "
-                                 f"use model.num_classes={self.data.num_classes if self.data.train_labels is not None else 0}")
-            self.train_y = self.data.train_labels.to(self.device)
+        check_training(cfg, self.data, self.device, self.precision, self.dist.world)
+        self.train_y = self.data.train_labels.to(self.device) if self.classifier or self.num_classes else None
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(self.device)
         self.net = build_model(cfg.model, self.data.shape, classify=self.data.num_classes if self.classifier else 0).to(self.device)
@@ -135,7 +107,10 @@ class Trainer:
             self.forward = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.trainer.compile:
             self.forward = torch.compile(self.forward)
-        self.sigma_sampler, self.weight = _loss_functions(cfg.loss)
+        self.loss = LOSSES.build(cfg.loss)
+        # the (wrapped) network behind the preconditioning that sampling and evaluation use too
+        self.preconditioned = (NoisyClassifier(self.forward, self.alpha_bar_dev, cfg.model.sigma_data) if self.classifier
+                          else Denoiser(self.forward, self.alpha_bar_dev, cfg.model.prediction, cfg.model.sigma_data))
         if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
@@ -226,7 +201,7 @@ class Trainer:
         processes follow the trajectory of one process with the same global batch."""
         n = self.cfg.trainer.batch_size
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
-        sigma = self.sigma_sampler(n, self.alpha_bar, generator=self.gen).to(self.device)
+        sigma = self.loss.sigmas(n, self.alpha_bar, generator=self.gen).to(self.device)
         x0 = self.train_x[idx]
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = (torch.rand(n, generator=self.gen) < 0.5).to(self.device)
@@ -237,14 +212,13 @@ class Trainer:
             share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
             x0, sigma, noise, idx = x0[share], sigma[share], noise[share], idx[share]
             y = y[share] if y is not None else None
-        net = self.forward if y is None else (lambda x, t: self.forward(x, t, y))
         if self.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             if self.classifier:
-                loss = classifier_loss(self.forward, x0, self.train_y[idx], sigma, noise, self.alpha_bar_dev).mean()
+                loss = self.preconditioned.loss(x0, self.train_y[idx], sigma, noise).mean()
             else:
-                loss = weighted_loss(net, x0, sigma, noise, self.alpha_bar_dev, self.cfg.model.prediction, self.weight).mean()
+                loss = self.preconditioned.loss(x0, sigma, noise, self.loss.weight, y).mean()
         self.opt.zero_grad(set_to_none=True)
         global_loss = loss.detach().float()
         if self.dist.world > 1:  # every rank decides on the same (global) loss
@@ -279,35 +253,23 @@ class Trainer:
     @torch.no_grad()
     def accuracy_plot(self) -> Path:
         """Test accuracy of the EMA classifier at 11 timesteps (fixed noise), logged and plotted in ``samples/``."""
-        from .core.diffusion import NoisyClassifier
-
-        T = len(self.alpha_bar)
-        ts = torch.linspace(0, T - 1, 11).round().long()
-        sigmas = ((1 - self.alpha_bar[ts]) / self.alpha_bar[ts]).sqrt()
-        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev)
-        x0, y = self.data.test.to(self.device), self.data.test_labels.to(self.device)
-        z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
-        acc = []
-        for s in sigmas.tolist():
-            hits = sum((classify(x0[i:i + 500] + s * z[i:i + 500], torch.tensor(s, device=self.device)).argmax(1) == y[i:i + 500]).sum().item()
-                       for i in range(0, len(x0), 500))
-            acc.append(round(hits / len(x0), 4))
-        self.metrics.write(step=self.step, test_accuracy=dict(zip(map(str, ts.tolist()), acc)))
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"accuracy_{self.step:08d}.png"
-        save_accuracy_plot(ts.tolist(), acc, path, 1 / self.data.num_classes, title=f"noise-aware classifier, step {self.step}")
-        log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in zip(ts.tolist(), acc)))
+        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, self.cfg.model.sigma_data)
+        acc = accuracy_by_timestep(classify, self.alpha_bar, self.data.test.to(self.device), self.data.test_labels.to(self.device), self.cfg.seed)
+        self.metrics.write(step=self.step, test_accuracy={str(t): a for t, a in acc.items()})
+        path = self.run_dir / "samples" / f"accuracy_{self.step:08d}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_accuracy_plot(list(acc), list(acc.values()), path, 1 / self.data.num_classes, title=f"noise-aware classifier, step {self.step}")
+        log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
         return path
 
     def sample_grid(self) -> Path:
         """A grid (or scatter plot) of EMA samples at this step, in ``samples/``."""
         tc = self.cfg.trainer
         sampler_cfg = self.cfg.sampler
-        denoise = Denoiser(self.ema.model, self.alpha_bar.to(self.device), self.cfg.model.prediction)
+        denoise = Denoiser(self.ema.model, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
         cond = Conditioning(class_labels(tc.num_grid, range(self.num_classes)), self.num_classes) if self.num_classes else None
-        samples, _ = generate(denoise, self.alpha_bar, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
-                              self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None, cond=cond)
+        samples = generate(denoise, self.alpha_bar, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
+                           self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None, cond=cond).samples
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         path = folder / f"step_{self.step:08d}.png"

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .config import EvalConfig, InspectConfig, SampleConfig, TrainConfig
+from .config import GROUPS, EvalConfig, InspectConfig, SampleConfig, TrainConfig
+from .core.diffusion import PREDICTIONS
+from .core.schedules import SPACINGS
 
-
-# Values that must come from a fixed list, by dotted key.
+# Values that must come from a fixed list, by dotted key (a group's own choice, such as sampler.name,
+# is checked by Hydra: it is the option's file name).
 CHOICES = {
-    "model.prediction": ("eps", "x0", "v"),
+    "model.prediction": PREDICTIONS,
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
-    "sampler.spacing": ("leading", "trailing", "linspace", "karras"),
+    "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
     "task": ("diffusion", "classifier"),
 }
@@ -28,7 +30,7 @@ BOUNDS = {
     "optim.lr": (0, False), "optim.warmup_steps": (0, True), "schedule.timesteps": (2, True),
     "num_samples": (1, True), "batch_size": (1, True), "rows": (2, True),
     "sampler.eta": (0, True), "sampler.order": (1, True), "sampler.S_churn": (0, True), "sampler.S_noise": (0, True),
-    "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "loss.sigma_data": (0, False),
+    "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "model.sigma_data": (0, False),
     "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
     "guidance.classifier_scale": (0, True),
     "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True),
@@ -91,8 +93,17 @@ def check_values(cfg: DictConfig) -> None:
             else:
                 yield f"{prefix}{k}", v
 
+    def unlimited(key: str) -> bool:
+        """An option whose default is +inf (no limit, such as sampler.S_tmax) may be +inf."""
+        group, _, option = key.partition(".")
+        if group not in GROUPS:
+            return False
+        registry = GROUPS[group][0]
+        choice = OmegaConf.select(cfg, f"{group}.{registry.key}", default=None)
+        return choice in registry and registry.options(choice).get(option, (None, None))[1] == math.inf
+
     for key, value in leaves(cfg):
-        if isinstance(value, float) and not math.isfinite(value) and not (key == "sampler.S_tmax" and value > 0):
+        if isinstance(value, float) and not math.isfinite(value) and not (value == math.inf and unlimited(key)):
             raise ValueError(f"{key}={value} is not a finite number")
     for key, (low, inclusive) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
@@ -114,3 +125,24 @@ def check_values(cfg: DictConfig) -> None:
     device = cfg.get("device")
     if device is not None and not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
         raise ValueError(f"device={device!r} is not allowed; choose from: auto, cpu, cuda, cuda:N, mps")
+
+
+def check_training(cfg: DictConfig, data, device, precision: str, world: int) -> None:
+    """What a training run needs of its dataset, device and processes (raises UsageError): labels for a
+    classifier or a class-conditional model, in the model's number of classes; fp16 only on CUDA; a global
+    batch that the torchrun processes share evenly."""
+    from .errors import UsageError
+
+    if cfg.task == "classifier":
+        if cfg.model.num_classes:
+            raise UsageError("task=classifier trains a noise-aware classifier of the dataset's classes: drop model.num_classes")
+        if data.train_labels is None:
+            raise UsageError(f"task=classifier needs a labelled dataset; dataset={data.name} has no labels (use digits, gmm or digits_gmm)")
+    elif cfg.model.num_classes and (data.train_labels is None or cfg.model.num_classes != data.num_classes):
+        have = f"{data.num_classes} classes" if data.train_labels is not None else "no labels"
+        raise UsageError(f"model.num_classes={cfg.model.num_classes}, but dataset={data.name} has {have}; "
+                         f"use model.num_classes={data.num_classes if data.train_labels is not None else 0}")
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if cfg.trainer.batch_size % world:
+        raise UsageError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must be divisible by the {world} processes")

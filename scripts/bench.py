@@ -67,18 +67,18 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    from diffctl.config import UNetConfig, load_option
+    from diffctl.config import load_option
     from diffctl.core.diffusion import Denoiser
-    from diffctl.core.losses import sigmas_uniform_t, weighted_loss
+    from diffctl.core.losses import sigmas_uniform_t, weight_simple
     from diffctl.core.schedules import make_alpha_bar
+    from diffctl.generation import generate
     from diffctl.models import build_model, count_parameters
     from diffctl.runtime import autocast, fast_math, resolve_device, resolve_precision
-    from diffctl.sample import generate
 
     device = resolve_device(args.device)
     fast_math(device, True)
     precision = resolve_precision(args.precision, device)
-    cfg = OmegaConf.merge(OmegaConf.structured(UNetConfig), load_option("model", args.model))
+    cfg = load_option("model", args.model)
     shape = (args.channels, args.size, args.size)
     torch.manual_seed(0)
     net = build_model(cfg, shape).to(device)
@@ -87,6 +87,7 @@ def main() -> None:
     forward = torch.compile(net) if args.compile else net
     ab = make_alpha_bar("cosine", 1000)
     ab_dev = ab.to(device)
+    denoiser = Denoiser(forward, ab_dev, "eps")
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -96,7 +97,7 @@ def main() -> None:
         sigma = sigmas_uniform_t(args.batch, ab).to(device)
         noise = torch.randn_like(x0)
         with autocast(device, precision):
-            loss = weighted_loss(forward, x0, sigma, noise, ab_dev, "eps").mean()
+            loss = denoiser.loss(x0, sigma, noise, weight_simple).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

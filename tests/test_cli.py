@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, assert_one_line_error, run_folder
 
 
@@ -24,7 +23,7 @@ def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
     assert "dataset: celeba, cifar10, digits, digits_gmm, fashion_mnist, folder, gmm, mnist, mnist5k, moons, swiss_roll" in out
     assert "experiment: ddpm_cifar10, edm_cifar10, iddpm_cifar10" in out
-    assert "model: mlp, oracle, unet_base, unet_small, unet_tiny" in out
+    assert "model: mlp, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
     assert "sampler: ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun, unipc" in out
@@ -152,7 +151,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "schedule=nope"], "available options in 'schedule': cosine, edm, linear, scaled_linear, sigmoid"),
-    (["train", "model=unet_huge"], "available options in 'model': mlp, oracle, unet_base, unet_small, unet_tiny"),
+    (["train", "model=unet_huge"], "available options in 'model': mlp, unet_base, unet_small, unet_tiny"),
     (["train", "trainer.steps=abc"], "trainer.steps=abc"),
     (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
     (["train", "+model.foo=1"], "unknown key model.foo"),
@@ -160,14 +159,14 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["sample", "ckpt=/no/such/run"], "ckpt=/no/such/run: no such file or folder"),
     (["sample", "ckpt=latest"], "no train run with a checkpoint"),
     (["eval", "metrics=[fd_ref,nope]"], "unknown metric(s) ['nope']"),
-    (["eval", "model=oracle", "dataset=digits_gmm", "inception_weights=/nonexistent.pth"], "inception_weights=/nonexistent.pth: no such file"),
+    (["eval", "ckpt=oracle", "dataset=digits_gmm", "inception_weights=/nonexistent.pth"], "inception_weights=/nonexistent.pth: no such file"),
     (["train", "resume=/no/such/run"], "resume=/no/such/run: no such run folder"),
-    (["sample", "model=unet_small"], "only model=oracle"),
-    (["sample", "model=oracle"], "model=oracle needs dataset=gmm or dataset=digits_gmm"),
-    (["sample", "model=oracle", "dataset=moons"], "dataset=moons has no closed-form denoiser"),
-    (["train", "model=oracle"], "use it with diffctl sample or eval"),
-    (["eval", "model=oracle", "dataset=gmm", "samplers=[heun,nope]"], "samplers: unknown sampler 'nope'"),
-    (["eval", "model=oracle", "dataset=gmm", "steps=[5,0]"], "steps=[5, 0] is out of range"),
+    (["sample", "model=unet_small"], "this command has no 'model' config group"),
+    (["sample", "ckpt=oracle"], "ckpt=oracle needs dataset=gmm or dataset=digits_gmm"),
+    (["sample", "ckpt=oracle", "dataset=moons"], "dataset=moons has no closed-form denoiser"),
+    (["train", "model=oracle"], "Could not find 'model/oracle'; available options in 'model': mlp, unet_base"),
+    (["eval", "ckpt=oracle", "dataset=gmm", "samplers=[heun,nope]"], "samplers: unknown sampler 'nope'"),
+    (["eval", "ckpt=oracle", "dataset=gmm", "steps=[5,0]"], "steps=[5, 0] is out of range"),
     (["sample", "batch_size=0"], "batch_size=0 is out of range; it must be >= 1"),
     (["sample", "num_samples=-4"], "num_samples=-4 is out of range"),
     (["train", "trainer.batch_size=-1"], "trainer.batch_size=-1 is out of range"),
@@ -222,13 +221,13 @@ def test_schedules_targets_and_losses_train_and_sample(diffctl, overrides):
 
 
 def test_eval_with_fewer_than_eight_samples_writes_the_comparison(diffctl):
-    folder = run_folder(diffctl("eval", "model=oracle", "dataset=digits_gmm", "metrics=[logp_true]", "num_samples=5", "steps=3"))
+    folder = run_folder(diffctl("eval", "ckpt=oracle", "dataset=digits_gmm", "metrics=[logp_true]", "num_samples=5", "steps=3"))
     assert (folder / "real_vs_generated.png").exists()
     assert json.loads((folder / "metrics.json").read_text())["metrics"]["logp_true"]["n"] == 5
 
 
 def test_oracle_samples_without_a_checkpoint(diffctl):
-    folder = run_folder(diffctl("sample", "model=oracle", "dataset=gmm", "sampler=heun", "steps=20", "num_samples=100"))
+    folder = run_folder(diffctl("sample", "ckpt=oracle", "dataset=gmm", "sampler=heun", "steps=20", "num_samples=100"))
     info = json.loads((folder / "sample.json").read_text())
     assert info["nfe"] == 39 and info["model"] == "oracle" and info["sampler"] == "heun"
     x = np.load(folder / "samples.npz")["x"]
@@ -238,7 +237,7 @@ def test_oracle_samples_without_a_checkpoint(diffctl):
 
 @pytest.mark.slow
 def test_eval_quality_vs_nfe_grid_on_the_image_oracle(diffctl):
-    folder = run_folder(diffctl("eval", "model=oracle", "dataset=digits_gmm", "samplers=[ddim,heun]", "steps=[2,8]", "num_samples=300"))
+    folder = run_folder(diffctl("eval", "ckpt=oracle", "dataset=digits_gmm", "samplers=[ddim,heun]", "steps=[2,8]", "num_samples=300"))
     report = json.loads((folder / "metrics.json").read_text())
     grid = {(r["sampler"], r["steps"]): r for r in report["grid"]}
     assert set(grid) == {("ddim", 2), ("ddim", 8), ("heun", 2), ("heun", 8)}
@@ -283,7 +282,7 @@ def test_class_conditional_training_guided_sampling_and_inpainting(diffctl, cli)
         (["inpaint.image=9999", "inpaint.mask=left"], "the test split has images 0..299"),
         (["inpaint.resample=3"], "inpaint.resample needs inpaint.image"),
     ]:
-        assert_one_line_error(cli("sample", "model=oracle", "dataset=digits_gmm", *args), "sample", message)
+        assert_one_line_error(cli("sample", "ckpt=oracle", "dataset=digits_gmm", *args), "sample", message)
     assert_one_line_error(cli("train", *TINY_TRAIN, "model.num_classes=4"), "train", "model.num_classes=4, but dataset=digits has 10 classes")
 
 
@@ -324,7 +323,7 @@ def test_classifier_guidance_on_the_2d_oracle(diffctl):
     means = gmm_params()[0]
     nearest = lambda x: torch.cdist(torch.as_tensor(x).double(), means.double()).argmin(1)
     # the exact posterior: the unconditional oracle (w = 0) guided at s = 1 is the conditional oracle (w = 1)
-    common = ["model=oracle", "dataset=gmm", "steps=20", "num_samples=100", "classes=[2,5]"]
+    common = ["ckpt=oracle", "dataset=gmm", "steps=20", "num_samples=100", "classes=[2,5]"]
     exact = run_folder(diffctl("sample", *common, "guidance.scale=0", "guidance.classifier=oracle"))
     conditional = run_folder(diffctl("sample", *common))
     x, ref = (np.load(f / "samples.npz")["x"] for f in (exact, conditional))

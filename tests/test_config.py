@@ -8,14 +8,16 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from diffctl.config import register_schemas
-from diffctl.validation import validate
+from diffctl import validation
+from diffctl.config import GROUPS, option_schema, register_schemas
+from diffctl.core.schedules import SPACINGS
 from diffctl.data import load_dataset
 from diffctl.models import build_model, count_parameters
 from diffctl.runtime import schedule_alpha_bar
+from diffctl.validation import validate
 
 COMMANDS = {"train": ["dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"],
-            "sample": ["sampler", "model", "dataset", "schedule", "paths"], "eval": ["sampler", "model", "dataset", "schedule", "paths"], "inspect_schedule": ["schedule", "dataset", "sampler", "paths"]}
+            "sample": ["sampler", "dataset", "schedule", "paths"], "eval": ["sampler", "dataset", "schedule", "paths"], "inspect_schedule": ["schedule", "dataset", "sampler", "paths"]}
 
 
 def options(group):
@@ -44,7 +46,7 @@ def test_group_options_are_the_documented_names():
     assert options("dataset") == ["celeba", "cifar10", "digits", "digits_gmm", "fashion_mnist", "folder", "gmm", "mnist", "mnist5k",
                                   "moons", "swiss_roll"]
     assert options("experiment") == ["ddpm_cifar10", "edm_cifar10", "iddpm_cifar10"]
-    assert options("model") == ["mlp", "oracle", "unet_base", "unet_small", "unet_tiny"]
+    assert options("model") == ["mlp", "unet_base", "unet_small", "unet_tiny"]
     assert options("schedule") == ["cosine", "edm", "linear", "scaled_linear", "sigmoid"]
     assert options("sampler") == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
     assert options("loss") == ["edm", "min_snr", "simple"]
@@ -81,6 +83,54 @@ def test_schedule_options_give_decreasing_alpha_bar(schedule):
     assert ztsnr[-1] <= ab[-1] and ztsnr[-1] < 1e-6 and (ztsnr[1:] < ztsnr[:-1]).all()
 
 
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_shipped_options_hold_only_what_differs_from_the_code(group):
+    """Every option YAML names a registered choice and restates none of its defaults: the function's signature
+    (or the group's shared fields) is the one place a default is written."""
+    registry, base = GROUPS[group]
+    for option in options(group):
+        text = (resources.files("diffctl.configs") / group / f"{option}.yaml").read_text()
+        raw = OmegaConf.create(text)
+        choice = next(str(d).split("@")[0][len(f"/schema_{group}_"):] for d in raw.pop("defaults") if str(d).startswith("/schema_"))
+        assert choice in registry, (group, option)
+        schema = OmegaConf.structured(option_schema(group, choice))
+        for key in raw:
+            assert key in schema, (option, key)
+            if not (OmegaConf.is_interpolation(raw, key) or OmegaConf.is_missing(raw, key)):
+                assert raw[key] != schema[key], f"{group}/{option}.yaml restates {key}={raw[key]}"
+    if group != "model":  # model options are sized presets of a registered architecture; every other choice has its YAML
+        assert set(options(group)) == set(registry.names())
+
+
+def test_choices_come_from_the_registries():
+    from diffctl.core.samplers import SAMPLERS
+
+    assert validation.CHOICES["sampler.spacing"] == SPACINGS.names() == ("leading", "trailing", "linspace", "karras")
+    assert sorted(SAMPLERS) == options("sampler")
+    with pytest.raises(ValueError, match="unknown sampler 'nope'; choose from: ddim, ddpm"):
+        SAMPLERS["nope"]
+    assert {"a": 1} not in SAMPLERS and ["ddim"] not in SAMPLERS  # what a crafted checkpoint may hold: no TypeError
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SAMPLERS.build({"name": {"a": 1}})
+
+
+@pytest.mark.parametrize("override,ok", [
+    ("sampler.S_tmax=inf", True), ("sampler.S_tmax=1e9", True), ("sampler.S_tmax=nan", False), ("sampler.S_churn=inf", False),
+    ("sampler.S_tmax=-inf", False),
+])
+def test_only_an_unlimited_default_may_be_infinite(override, ok):
+    cfg = _compose("sample", ["sampler=heun", override])
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ValueError, match="is not a finite number"):
+            validate(cfg)
+
+
+def test_heuns_default_churn_window_is_unlimited():
+    assert _compose("sample", ["sampler=heun"]).sampler.S_tmax == float("inf")
+
+
 def test_digits_split_and_scaling():
     data = load_dataset(_compose("train").dataset)
     assert len(data.train) == 1497 and len(data.test) == 300 and data.levels == 17 and data.num_classes == 10
@@ -109,7 +159,7 @@ def test_output_root_follows_env(monkeypatch):
                       "trainer.batch_size": 128, "trainer.ema_decay": 0.9999, "sampler.name": "ddpm", "dataset.hflip": True}),
     ("iddpm_cifar10", {"schedule.name": "cosine", "schedule.timesteps": 4000, "model.num_res_blocks": 3, "model.dropout": 0.3,
                        "optim.lr": 1e-4}),
-    ("edm_cifar10", {"schedule.name": "edm", "schedule.sigma_max": 80.0, "loss.name": "edm", "loss.sigma_data": 0.5,
+    ("edm_cifar10", {"schedule.name": "edm", "schedule.sigma_max": 80.0, "loss.name": "edm", "model.sigma_data": 0.5,
                      "sampler.name": "heun", "sampler.spacing": "karras", "trainer.sample_steps": 18, "model.prediction": "v"}),
 ])
 def test_experiment_presets_compose_with_the_published_hyper_parameters(experiment, expect):

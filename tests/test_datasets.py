@@ -5,11 +5,11 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import TINY_TRAIN
-from diffctl.config import VisionConfig, load_option
+from diffctl.config import load_option
 from diffctl.data import load_dataset
 from diffctl.errors import UsageError
 
@@ -66,7 +66,7 @@ def fake_folder(root):
 
 def _cfg(name, root=None, **kw):
     """The shipped dataset option on its schema, as Hydra composes it."""
-    cfg = OmegaConf.merge(OmegaConf.structured(VisionConfig), load_option("dataset", name))
+    cfg = load_option("dataset", name)
     return OmegaConf.merge(cfg, {"root": str(root), **kw} if root is not None else kw)
 
 

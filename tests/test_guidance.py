@@ -7,11 +7,10 @@ from omegaconf import OmegaConf
 from diffctl.config import load_option
 from diffctl.core.diffusion import NoisyClassifier
 from diffctl.core.guidance import classifier_free, classifier_guided, inpainting
-from diffctl.core.losses import classifier_loss
 from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar
 from diffctl.data import load_dataset
-from diffctl.sample import Conditioning, class_labels, generate
+from diffctl.generation import Conditioning, class_labels, generate
 from diffctl.train import drop_labels
 
 
@@ -57,11 +56,11 @@ def test_guided_oracle_samples_land_in_the_requested_component():
     for name in ("ddim", "dpmpp_2m", "euler_ancestral"):
         for w in (1.0, 3.0):
             cond = Conditioning(class_labels(40, [3, 7]), oracle.num_classes, w)
-            x, info = generate(oracle, ab, _sampler(name), 20, 40, data.shape, cond=cond)
-            assert (_component(oracle, x) == cond.labels).all(), (name, w)
-            assert info["nfe"] == 20 * (2 if w != 1.0 else 1)
+            out = generate(oracle, ab, _sampler(name), 20, 40, data.shape, cond=cond)
+            assert (_component(oracle, out.samples) == cond.labels).all(), (name, w)
+            assert out.nfe == 20 * (2 if w != 1.0 else 1)
     # w = 0 is the unconditional model: the requested classes do not matter, all components appear
-    x, _ = generate(oracle, ab, _sampler("ddim"), 20, 200, data.shape, cond=Conditioning(class_labels(200, [3]), oracle.num_classes, 0.0))
+    x = generate(oracle, ab, _sampler("ddim"), 20, 200, data.shape, cond=Conditioning(class_labels(200, [3]), oracle.num_classes, 0.0)).samples
     assert len(set(_component(oracle, x).tolist())) >= 8
 
 
@@ -87,20 +86,21 @@ def test_classifier_guided_sampling_matches_conditional_sampling_on_the_oracle()
     data = load_dataset(load_option("dataset", "digits_gmm"))
     oracle, ab = data.oracle, make_alpha_bar("linear", 1000)
     labels = class_labels(30, [2, 5, 8])
-    conditional, _ = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, oracle.num_classes, 1.0))
+    conditional = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, oracle.num_classes, 1.0)).samples
     # w = 0 (the unconditional oracle) plus classifier guidance with the exact posterior at s = 1
     cond = Conditioning(labels, oracle.num_classes, 0.0, classifier=oracle.log_posterior, classifier_scale=1.0)
-    guided, info = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=cond)
+    out = generate(oracle, ab, _sampler("ddim"), 15, 30, data.shape, cond=cond)
+    guided = out.samples
     assert (_component(oracle, guided) == labels).all()
     assert torch.allclose(guided, conditional, atol=1e-4)
-    assert info["nfe"] == 15 and info["classifier_nfe"] == 15
+    assert out.nfe == 15 and out.classifier_nfe == 15
     # an unconditional model (null = 0): classifier guidance alone; s = 0 is plain unconditional sampling
     uncond = lambda x, s: oracle(x, s)
-    x, info = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior))
-    assert (_component(oracle, x) == labels).all() and info["nfe"] == 15
-    x0, info = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior, classifier_scale=0.0))
-    plain, _ = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape)
-    assert torch.equal(x0, plain) and info["classifier_nfe"] == 0
+    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior))
+    assert (_component(oracle, out.samples) == labels).all() and out.nfe == 15
+    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior, classifier_scale=0.0))
+    plain = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape).samples
+    assert torch.equal(out.samples, plain) and out.classifier_nfe == 0
 
 
 def test_noisy_classifier_sees_the_network_variables():
@@ -121,24 +121,6 @@ def test_noisy_classifier_sees_the_network_variables():
         assert torch.allclose(NoisyClassifier(net, ab)(x, s), oracle.log_posterior(x, s), atol=1e-4), t
 
 
-def test_classifier_loss_is_the_cross_entropy_on_noised_inputs():
-    ab = make_alpha_bar("linear", 1000)
-    x0, noise = torch.randn(5, 3), torch.randn(5, 3)
-    y = torch.tensor([0, 1, 2, 0, 1])
-    sigma = torch.tensor([0.1, 1.0, 5.0, 20.0, 0.5])
-    seen = {}
-
-    def net(x_t, t):
-        seen["x_t"], seen["t"] = x_t, t
-        return torch.stack([x_t[:, 0], x_t[:, 1], x_t[:, 2]], 1)
-
-    loss = classifier_loss(net, x0, y, sigma, noise, ab)
-    a = (1 / (1 + sigma.double() ** 2)).float()[:, None]
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    assert torch.allclose(seen["x_t"], x_t, atol=1e-6)
-    assert torch.allclose(loss, -torch.log_softmax(x_t, 1)[torch.arange(5), y], atol=1e-6)
-
-
 def test_label_dropout_rate_is_honoured():
     y = torch.randint(0, 10, (40_000,), generator=torch.Generator().manual_seed(0))
     for p in (0.0, 0.1, 0.5, 1.0):
@@ -154,7 +136,7 @@ def test_inpainting_leaves_the_known_pixels_unchanged(name):
     known, keep = data.test[0], torch.ones(data.shape)
     keep[:, :, :4] = 0  # regenerate the left half
     cond = Conditioning(known=known, mask=keep)
-    x, _ = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler(name), 10, 6, data.shape, cond=cond)
+    x = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler(name), 10, 6, data.shape, cond=cond).samples
     assert ((x - known) * keep).abs().max().item() < 1e-5
     assert ((x - known) * (1 - keep)).abs().max().item() > 0.1  # and the rest was generated
 
@@ -163,9 +145,9 @@ def test_repaint_resampling_keeps_known_pixels_and_costs_n_times():
     data = load_dataset(load_option("dataset", "digits_gmm"))
     known, keep = data.test[1], torch.ones(data.shape)
     keep[:, :4] = 0  # regenerate the top half
-    x, info = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler("ddpm"), 10, 4, data.shape,
-                       cond=Conditioning(known=known, mask=keep, resample=3))
-    assert ((x - known) * keep).abs().max().item() < 1e-6 and info["nfe"] == 30 and info["sampler"].startswith("repaint")
+    out = generate(data.oracle, make_alpha_bar("linear", 1000), _sampler("ddpm"), 10, 4, data.shape,
+                   cond=Conditioning(known=known, mask=keep, resample=3))
+    assert ((out.samples - known) * keep).abs().max().item() < 1e-6 and out.nfe == 30 and out.sampler.startswith("repaint")
 
 
 def test_inpainting_wrapper_feeds_the_noised_known_region():
@@ -188,7 +170,7 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     from diffctl.config import GuidanceConfig
     from diffctl.errors import UsageError
     from diffctl.runtime import Source
-    from diffctl.sample import conditioning
+    from diffctl.steering import conditioning_from_config
 
     data = load_dataset(load_option("dataset", "digits_gmm"))
     source = Source(data.oracle, make_alpha_bar("linear", 1000), data, {}, num_classes=10)
@@ -200,15 +182,15 @@ def test_inpainting_inputs_from_png_files(tmp_path):
     Image.fromarray(hole).save(tmp_path / "hole.png")
     cfg = lambda **inp: OmegaConf.create({"num_samples": 4, "classes": None, "guidance": OmegaConf.structured(GuidanceConfig),
                                           "inpaint": {"image": None, "mask": None, "resample": 1, **inp}})
-    cond = conditioning(cfg(image=str(tmp_path / "img.png"), mask=str(tmp_path / "hole.png")), source)
+    cond = conditioning_from_config(cfg(image=str(tmp_path / "img.png"), mask=str(tmp_path / "hole.png")), source)
     assert cond.known.shape == (1, 8, 8) and cond.known[0, 3, 3] == 1 and cond.known[0, 0, 0] == -1
     assert cond.mask[0, :, 6:].sum() == 0 and cond.mask[0, :, :6].sum() == 48  # 1 = known
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(UsageError, match="is 9x9; this model's images are 8x8"):
-        conditioning(cfg(image=str(tmp_path / "big.png"), mask="left"), source)
+        conditioning_from_config(cfg(image=str(tmp_path / "big.png"), mask="left"), source)
     (tmp_path / "bad.png").write_text("not a png")
     with pytest.raises(UsageError, match="cannot read image"):
-        conditioning(cfg(image=str(tmp_path / "bad.png"), mask="left"), source)
+        conditioning_from_config(cfg(image=str(tmp_path / "bad.png"), mask="left"), source)
 
 
 def test_checkpoints_from_before_conditioning_still_build():

@@ -49,7 +49,7 @@ def cache(tmp_path_factory):
 
 def make_ctx(data, cache_dir, weights_path, samples=None, memo=None):
     x = data.train if samples is None else samples
-    return EvalContext(net=None, alpha_bar=torch.ones(1, dtype=torch.float64), prediction="eps", data=data, samples=lambda: x,
+    return EvalContext(alpha_bar=torch.ones(1, dtype=torch.float64), data=data, samples=lambda: x,
                        cache_dir=cache_dir, memo={} if memo is None else memo,
                        options={"inception_weights": None if weights_path is None else str(weights_path)})
 

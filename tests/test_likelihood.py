@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffctl.core import likelihood as L
-from diffctl.core.diffusion import q_sample
+from diffctl.core.diffusion import Denoiser, q_sample
 from diffctl.core.schedules import make_alpha_bar
 
 
@@ -46,7 +46,7 @@ def test_a_perfect_denoiser_pays_only_prior_and_decoder():
     ab = make_alpha_bar("linear", 1000)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.randint(0, 17, (4, 1, 8, 8), generator=g).double() / 16) * 2 - 1
-    perfect = L.prior_bits(x0, ab)
+    perfect = L.prior_nats(x0, ab)
     for t in range(1000):
         x_t = q_sample(x0, ab[t].expand(4), torch.randn(x0.shape, generator=g, dtype=torch.float64))
         perfect = perfect + L.vlb_term(x0, x_t, x0, ab, t, 17)
@@ -117,9 +117,10 @@ def test_the_vlb_metric_at_three_steps_equals_the_bound_computed_by_hand(tmp_pat
     ab = [0.95, 0.6, 0.2]
     levels = 5
     x0 = torch.tensor([[-1.0, -0.5], [0.0, 1.0], [0.5, 0.5]]).view(3, 1, 1, 2)
-    net = lambda x, t: 0.8 * torch.tanh(x) + 0.05 * t.view(-1, 1, 1, 1)  # an x0-predicting "network"
+    net = lambda x, t: 0.8 * torch.tanh(x) + 0.05 * t.view(-1, 1, 1, 1)  # an x0-predicting "network" of x_t and t
     data = Dataset("tiny", train=x0, test=x0, levels=levels)
-    got = METRICS["vlb"].fn(EvalContext(net, torch.tensor(ab, dtype=torch.float64), "x0", data, None, tmp_path, seed=7))
+    ab_t = torch.tensor(ab, dtype=torch.float64)
+    got = METRICS["vlb"].fn(EvalContext(ab_t, data, None, tmp_path, seed=7, denoise=Denoiser(net, ab_t, "x0")))
 
     g = torch.Generator().manual_seed(7)
     draws = [torch.randn(x0.shape, generator=g, dtype=torch.float64) for _ in ab]  # the metric's draws, one per term
@@ -151,7 +152,7 @@ def test_a_denoiser_that_predicts_zero_pays_the_closed_form_bound():
     ab = make_alpha_bar("linear", 1000)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.randint(0, 17, (2, 1, 2, 2), generator=g).double() / 16) * 2 - 1
-    got = L.prior_bits(x0, ab)
+    got = L.prior_nats(x0, ab)
     for t in range(1000):
         x_t = q_sample(x0, ab[t].expand(2), torch.randn(x0.shape, generator=g, dtype=torch.float64))
         got = got + L.vlb_term(x0, x_t, torch.zeros_like(x0), ab, t, 17)
@@ -180,5 +181,5 @@ def test_the_bound_of_the_exact_denoiser_is_just_above_the_true_nll(tmp_path, sc
     x0 = (torch.randint(0, 2, (400, 1, 2, 2), generator=torch.Generator().manual_seed(0)) * 2 - 1).float()
     a = ab.float()
     net = lambda x, t: torch.tanh(a[t.long()].sqrt().view(-1, 1, 1, 1) * x / (1 - a[t.long()]).view(-1, 1, 1, 1))
-    got = METRICS["vlb"].fn(EvalContext(net, ab, "x0", Dataset("binary", train=x0, test=x0, levels=2), None, tmp_path))
+    got = METRICS["vlb"].fn(EvalContext(ab, Dataset("binary", train=x0, test=x0, levels=2), None, tmp_path, denoise=Denoiser(net, ab, "x0")))
     assert got["value"] > 1 - 3 * got["stderr"] and got["value"] < 1 + 3 * got["stderr"] + 0.01, got

@@ -7,11 +7,12 @@ import torch
 from omegaconf import OmegaConf
 
 from diffctl.config import load_option
+from diffctl.core.gmm import GaussianMixture
 from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar, sigmas_karras
-from diffctl.data.toy2d import gmm_params, oracle as gmm_oracle
-from diffctl.models.oracle import GMMDenoiser
-from diffctl.sample import generate
+from diffctl.data.toy2d import gmm_params
+from diffctl.data.toy2d import oracle as gmm_oracle
+from diffctl.generation import generate
 
 ALL = sorted(SAMPLERS)
 
@@ -23,10 +24,10 @@ def nfe_per_step(name: str, steps: int) -> int:
 
 def test_oracle_is_the_posterior_mean():
     """Single component: D is the Gaussian formula; two components: a Monte-Carlo check of E[x0 | x]."""
-    one = GMMDenoiser(torch.tensor([[0.5, -1.0]]), 0.3)
+    one = GaussianMixture(torch.tensor([[0.5, -1.0]]), 0.3)
     x, sigma = torch.randn(5, 2).double(), torch.tensor(0.7)
     assert torch.allclose(one(x, sigma), (0.09 * x + 0.49 * torch.tensor([0.5, -1.0])) / (0.09 + 0.49))
-    two = GMMDenoiser(torch.tensor([[-1.0], [2.0]]), 0.5)
+    two = GaussianMixture(torch.tensor([[-1.0], [2.0]]), 0.5)
     g = torch.Generator().manual_seed(0)
     x0, _ = two.sample(400_000, g)
     xs = x0.double() + 1.0 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
@@ -35,7 +36,7 @@ def test_oracle_is_the_posterior_mean():
 
 
 def test_oracle_log_density_is_normalised():
-    d = GMMDenoiser(torch.tensor([[0.0], [3.0]]), 0.4)
+    d = GaussianMixture(torch.tensor([[0.0], [3.0]]), 0.4)
     grid = torch.linspace(-4, 7, 20001, dtype=torch.float64)[:, None]
     assert torch.trapezoid(d.log_density(grid).exp(), dx=11 / 20000).item() == pytest.approx(1.0, abs=1e-6)
 
@@ -205,16 +206,16 @@ def test_ancestral_samplers_keep_the_exact_marginals(name):
 def test_image_i_is_the_same_whatever_the_batch_size(name):
     cfg = load_option("sampler", name)
     ab = make_alpha_bar("linear", 1000)
-    a, info = generate(gmm_oracle(), ab, cfg, 6, 7, (2,), seed=5, batch_size=7)
-    b, _ = generate(gmm_oracle(), ab, cfg, 6, 7, (2,), seed=5, batch_size=3)
-    assert torch.equal(a, b)
-    assert info["nfe"] == nfe_per_step(name, 6) and info["timesteps"][0] == 999
+    a = generate(gmm_oracle(), ab, cfg, 6, 7, (2,), seed=5, batch_size=7)
+    b = generate(gmm_oracle(), ab, cfg, 6, 7, (2,), seed=5, batch_size=3)
+    assert torch.equal(a.samples, b.samples)
+    assert a.nfe == nfe_per_step(name, 6) and a.timesteps[0] == 999
 
 
 def test_karras_spacing_on_a_discrete_schedule_through_generate():
     cfg = OmegaConf.merge(load_option("sampler", "heun"), {"spacing": "karras"})
-    x, info = generate(gmm_oracle(), make_alpha_bar("linear", 1000), cfg, 10, 4, (2,))
-    assert info["nfe"] == 19 and info["timesteps"][0] == 999 and x.shape == (4, 2)
+    out = generate(gmm_oracle(), make_alpha_bar("linear", 1000), cfg, 10, 4, (2,))
+    assert out.nfe == 19 and out.timesteps[0] == 999 and out.samples.shape == (4, 2)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine", "sigmoid", "edm"])
@@ -228,8 +229,9 @@ def test_every_sampler_lands_on_a_point_mass_with_every_schedule_and_spacing(sch
     point = lambda x, sigma: c.expand_as(x)
     for name in ALL:
         cfg = OmegaConf.merge(load_option("sampler", name), {"spacing": spacing})
-        x, info = generate(point, ab, cfg, 4, 3, (2,), seed=0)
+        out = generate(point, ab, cfg, 4, 3, (2,), seed=0)
+        x = out.samples
         assert torch.allclose(x, c.float().expand(3, 2), atol=1e-6), (name, schedule, spacing, x)
-        t = info["timesteps"]
+        t = out.timesteps
         assert all(a > b for a, b in zip(t, t[1:])) and 0 <= t[-1] and t[0] <= 999, (name, t)
-        assert info["nfe"] == nfe_per_step(name, 4), (name, schedule, spacing)
+        assert out.nfe == nfe_per_step(name, 4), (name, schedule, spacing)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, assert_one_line_error
+
 from diffctl.errors import UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from diffctl.io.rundir import MetricsLog, resolve_checkpoint
@@ -170,17 +170,15 @@ def test_resume_with_a_lower_learning_rate_is_a_new_branch_that_uses_it(cli, run
 
 def test_the_divergence_message_gives_a_command_that_works(tmp_path, monkeypatch):
     from conftest import make_trainer
-    import diffctl.train as train
 
     trainer = make_trainer(tmp_path / "run", "trainer.steps=8", "trainer.ckpt_every=2", "trainer.max_nonfinite=2")
-    original = train.weighted_loss
-    monkeypatch.setattr(train, "weighted_loss", lambda *a, **k: original(*a, **k) * (float("nan") if trainer.step >= 3 else 1.0))
+    original = trainer.preconditioned.loss
+    monkeypatch.setattr(trainer.preconditioned, "loss", lambda *a, **k: original(*a, **k) * (float("nan") if trainer.step >= 3 else 1.0))
     with pytest.raises(UsageError) as err:
         trainer.fit()
     message = str(err.value)
     command = message.split("resume from the last good checkpoint with a lower learning rate: ")[1].split(" (")[0]
     assert command == f"diffctl train resume={tmp_path / 'run'} optim.lr=0.0002"
-    monkeypatch.setattr(train, "weighted_loss", original)
     again = make_trainer(tmp_path / "run", "trainer.steps=8", "trainer.ckpt_every=2", "optim.lr=0.0002")
     assert again.fit()["steps"] == 8 and again.branch == 1
 
@@ -340,6 +338,7 @@ def test_crafted_checkpoints_are_one_line_errors(template, tmp_path):
     (Trainer.load) run, with an error the CLI prints as one line (UsageError, or ValueError naming the bad
     option); the fuzz test runs such files through the CLI itself."""
     from conftest import make_trainer
+
     from diffctl.data import load_dataset
     from diffctl.runtime import load_trained
 
@@ -362,28 +361,28 @@ def test_decompression_bombs_are_refused_as_dataset_and_inpainting_input(tmp_pat
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from diffctl.config import VisionConfig
+    from diffctl.config import load_option
     from diffctl.data import load_dataset
-    from diffctl.sample import _png
+    from diffctl.steering import load_png
 
     for i in range(3):
         (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "imgs" / "a" / f"{i}.png")
-    cfg = OmegaConf.structured(VisionConfig(name="folder", root=str(tmp_path / "imgs")))
+    cfg = OmegaConf.merge(load_option("dataset", "folder"), {"root": str(tmp_path / "imgs")})
     for limit in (100, 200):  # 256 pixels: beyond 2x the limit PIL raises its error, beyond 1x its warning
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
         with pytest.raises(UsageError, match="refused as a possible decompression bomb"):
             load_dataset(cfg)
         with pytest.raises(UsageError, match="refused as a possible decompression bomb"):
-            _png(str(tmp_path / "imgs" / "a" / "0.png"), (1, 16, 16), "inpaint.image")
+            load_png(str(tmp_path / "imgs" / "a" / "0.png"), (1, 16, 16), "inpaint.image")
 
 
 def _mnist_cfg(root):
     from omegaconf import OmegaConf
 
-    from diffctl.config import VisionConfig
+    from diffctl.config import load_option
 
-    return OmegaConf.structured(VisionConfig(name="mnist", root=str(root)))
+    return OmegaConf.merge(load_option("dataset", "mnist"), {"root": str(root)})
 
 
 @pytest.mark.parametrize("case,message", [
@@ -431,12 +430,13 @@ def test_a_cifar_batch_that_asks_for_a_petabyte_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match="not a CIFAR-10 batch \\(MemoryError"):
         read_cifar_batch(path)
     path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 11]}, protocol=2))
-    from diffctl.data import load_dataset
     from omegaconf import OmegaConf
-    from diffctl.config import VisionConfig
+
+    from diffctl.config import load_option
+    from diffctl.data import load_dataset
 
     with pytest.raises(UsageError, match="labels outside 0..9"):
-        load_dataset(OmegaConf.structured(VisionConfig(name="cifar10", root=str(tmp_path))))
+        load_dataset(OmegaConf.merge(load_option("dataset", "cifar10"), {"root": str(tmp_path)}))
 
 
 @pytest.mark.parametrize("text", ["[unclosed", "just a string", "- 1\n- {a: b}\n", "\xff\xfe"])
@@ -557,7 +557,7 @@ def _mutate_data(rng, root: Path) -> tuple:
     from omegaconf import OmegaConf
     from test_datasets import fake_cifar, fake_mnist, write_idx
 
-    from diffctl.config import VisionConfig
+    from diffctl.config import load_option
 
     kind = rng.choice(["mnist", "cifar10"])
     if kind == "mnist":
@@ -580,7 +580,7 @@ def _mutate_data(rng, root: Path) -> tuple:
         else:
             data = bytearray()
         (raw / name).write_bytes(bytes(data))
-        return OmegaConf.structured(VisionConfig(name="mnist", root=str(root))), f"mnist {name}: {how}"
+        return OmegaConf.merge(load_option("dataset", "mnist"), {"root": str(root)}), f"mnist {name}: {how}"
     fake_cifar(root)
     folder = root / "cifar-10-batches-py"
     name = rng.choice(["test_batch", "data_batch_3"])
@@ -605,7 +605,7 @@ def _mutate_data(rng, root: Path) -> tuple:
         for _ in range(5):
             raw[rng.randrange(len(raw))] = rng.randrange(256)
     (folder / name).write_bytes(bytes(raw))
-    return OmegaConf.structured(VisionConfig(name="cifar10", root=str(root))), f"cifar10 {name}: {how}"
+    return OmegaConf.merge(load_option("dataset", "cifar10"), {"root": str(root)}), f"cifar10 {name}: {how}"
 
 
 class _Exec:

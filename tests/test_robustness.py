@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL, TINY_TRAIN, run_folder
+from conftest import logged_losses as _losses
+from conftest import make_trainer as _trainer
 
-from conftest import SMALL, TINY_TRAIN, logged_losses as _losses, make_trainer as _trainer, run_folder
 from diffctl.errors import Interrupted, UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from diffctl.io.rundir import forget_run_dirs, new_run_dir
+
 
 def _interrupt_after(trainer, step: int, signum=signal.SIGINT):
     """Deliver a real signal to this process right after optimisation step ``step``."""
@@ -194,12 +197,10 @@ def test_a_real_write_failure_is_one_line_and_marks_the_run_failed(diffctl, tmp_
 
 # --- 4. non-finite losses and gradients ------------------------------------------------------------
 def test_non_finite_steps_are_skipped_then_stop_the_run_keeping_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import diffctl.train as train
-
-    real = train.weighted_loss
     trainer = _trainer(tmp_path, "trainer.steps=40", "trainer.ckpt_every=4", "trainer.log_every=1", "trainer.max_nonfinite=3")
+    real = trainer.preconditioned.loss
     nan_steps = {3} | set(range(10, 40))  # one lone NaN (skipped, training goes on), then NaN for good
-    monkeypatch.setattr(train, "weighted_loss", lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step + 1 in nan_steps else 1.0))
+    monkeypatch.setattr(trainer.preconditioned, "loss", lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step + 1 in nan_steps else 1.0))
     with pytest.raises(UsageError, match=r"3 non-finite steps in a row, the last at step 12 \(non-finite loss \(nan\)\): stopped; "
                                          r"the last good checkpoint .*step_00000008.pt is kept"):
         trainer.fit()
@@ -271,7 +272,7 @@ def test_malicious_empty_truncated_and_foreign_checkpoints_are_refused(tmp_path,
         (tmp_path / name).write_bytes(data)
     runs = [("sample", [f"ckpt={tmp_path / n}"]) for n in ("zip.pt", "raw.pt", "foreign.pt", "truncated.pt", *files)]
     runs += [("eval", [f"ckpt={tmp_path / 'raw.pt'}"]), ("train", [*TINY_TRAIN, f"resume={tmp_path / 'zip.pt'}"]),
-             ("sample", ["model=oracle", "dataset=gmm", "classes=all", f"guidance.classifier={tmp_path / 'zip.pt'}"])]
+             ("sample", ["ckpt=oracle", "dataset=gmm", "classes=all", f"guidance.classifier={tmp_path / 'zip.pt'}"])]
     for command, args in runs:
         code = run_command(command, args)
         err = capfd.readouterr().err

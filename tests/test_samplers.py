@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from diffctl.core.samplers import SAMPLERS, ancestral_step, sample_ddim, sample_ddpm
-from diffctl.core.schedules import make_alpha_bar, sampling_timesteps, sigmas_at, sigmas_from_alpha_bar
-from diffctl.sample import PerImageNoise
+from diffctl.core.schedules import make_alpha_bar, sampling_sigmas, sigmas_from_alpha_bar
+from diffctl.generation import PerImageNoise
 
 
 def gaussian_denoiser(mu: float, s: float):
@@ -52,7 +52,7 @@ def test_ddpm_step_is_the_posterior_of_ddpm_eqs_6_7():
 
 def test_ddim_eta1_equals_ddpm_given_the_same_noise():
     ab = make_alpha_bar("linear", 1000)
-    sigmas = sigmas_at(ab, sampling_timesteps("trailing", 1000, 20))
+    sigmas = sampling_sigmas("trailing", ab, 20)
     den = gaussian_denoiser(0.5, 0.3)
     x = torch.randn(64, 2).double() * sigmas[0]
     noise = lambda i: torch.full((64, 2), 0.1 * i).double()
@@ -80,7 +80,7 @@ def test_samplers_converge_to_the_gaussian_data_distribution(name, kw):
     ab = make_alpha_bar("linear", 1000)
     errors = []
     for steps in (30, 100, 1000):
-        sigmas = sigmas_at(ab, sampling_timesteps("trailing", 1000, steps))
+        sigmas = sampling_sigmas("trailing", ab, steps)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(20_000, 1, generator=g, dtype=torch.float64) * sigmas[0]
         out = SAMPLERS[name](gaussian_denoiser(mu, s), x, sigmas, noise=lambda i: torch.randn(20_000, 1, generator=g, dtype=torch.float64), **kw)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL
+from conftest import logged_losses as _losses
+from conftest import make_trainer as _trainer
 
-from conftest import SMALL, logged_losses as _losses, make_trainer as _trainer
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
 

@@ -39,22 +39,27 @@ def test_unknown_schedule_and_bad_steps_raise():
     with pytest.raises(ValueError, match="choose from"):
         S.make_alpha_bar("nope", 10)
     with pytest.raises(ValueError, match="steps must be"):
-        S.sampling_timesteps("trailing", 10, 11)
+        S.sampling_sigmas("trailing", S.make_alpha_bar("linear", 10), 11)
+    with pytest.raises(ValueError, match="unknown spacing 'nope'; choose from: leading, trailing, linspace, karras"):
+        S.sampling_sigmas("nope", S.make_alpha_bar("linear", 10), 5)
 
 
-@pytest.mark.parametrize("spacing", sorted(S.SPACINGS))
+@pytest.mark.parametrize("spacing", S.SPACINGS.names())
 @pytest.mark.parametrize("steps", [1, 7, 50, 1000])
 def test_spacings_are_decreasing_in_range(spacing, steps):
-    ts = S.sampling_timesteps(spacing, 1000, steps)
-    assert len(ts) == steps and ts.min() >= 0 and ts.max() <= 999
-    assert (ts[1:] < ts[:-1]).all()
+    ab = S.make_alpha_bar("cosine", 1000)
+    sig, levels = S.sampling_sigmas(spacing, ab, steps), S.sigmas_from_alpha_bar(ab)
+    assert len(sig) == steps + 1 and sig[-1] == 0 and (sig[1:] < sig[:-1]).all()
+    assert levels[0] - 1e-12 <= sig[:-1].min() and sig[:-1].max() <= levels[-1] + 1e-9
 
 
 def test_spacing_values():
-    assert S.sampling_timesteps("trailing", 1000, 10).tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
-    assert S.sampling_timesteps("leading", 1000, 10).tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
-    assert S.sampling_timesteps("linspace", 1000, 4).tolist() == [999, 666, 333, 0]
-    assert S.sampling_timesteps("trailing", 1000, 1000).tolist() == list(range(999, -1, -1))
+    assert S.timesteps_trailing(1000, 10).tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert S.timesteps_leading(1000, 10).tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert S.timesteps_linspace(1000, 4).tolist() == [999, 666, 333, 0]
+    assert S.timesteps_trailing(1000, 1000).tolist() == list(range(999, -1, -1))
+    ab = S.make_alpha_bar("linear", 1000)
+    assert torch.equal(S.sampling_sigmas("leading", ab, 10)[:-1], S.sigmas_from_alpha_bar(ab)[S.timesteps_leading(1000, 10)])
 
 
 def test_sigma_to_t_is_exact_at_training_timesteps_and_monotone():
@@ -64,7 +69,7 @@ def test_sigma_to_t_is_exact_at_training_timesteps_and_monotone():
     assert torch.allclose(S.sigma_to_t(sig[t], ab), t.double(), atol=1e-9)
     mid = (sig[10] * sig[11]).sqrt()  # geometric midpoint -> t = 10.5
     assert S.sigma_to_t(mid, ab).item() == pytest.approx(10.5, abs=1e-9)
-    sigmas = S.sigmas_at(ab, S.sampling_timesteps("trailing", 1000, 5))
+    sigmas = S.sampling_sigmas("trailing", ab, 5)
     assert sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
 
 
@@ -123,7 +128,7 @@ def test_discrete_spacings_visit_exactly_the_requested_timesteps(spacing):
     for steps in (1, 10, 25):
         sigmas = S.sampling_sigmas(spacing, ab, steps)
         visited = S.sigma_to_t(sigmas[:-1], ab)
-        assert torch.allclose(visited, S.sampling_timesteps(spacing, 1000, steps).double(), atol=1e-6)
+        assert torch.allclose(visited, {"leading": S.timesteps_leading, "trailing": S.timesteps_trailing, "linspace": S.timesteps_linspace}[spacing](1000, steps).double(), atol=1e-6)
     trailing = S.sigma_to_t(S.sampling_sigmas("trailing", ab, 10)[:-1], ab)
     assert trailing[0].item() == pytest.approx(999)  # the first step is at the last timestep
 

@@ -6,24 +6,24 @@ learns a distribution to within a tight margin of the exact denoiser."""
 
 import pytest
 import torch
-
 from conftest import make_trainer
+
 from diffctl.core.schedules import make_alpha_bar
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 from diffctl.train import EMA
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_the_training_step_feeds_x_t_at_the_sampled_noise_level_with_the_right_target(tmp_path, prediction):
+@pytest.mark.parametrize("prediction,sigma_data", [("eps", 1.0), ("x0", 1.0), ("v", 1.0), ("v", 0.5)])
+def test_the_training_step_feeds_x_t_at_the_sampled_noise_level_with_the_right_target(tmp_path, prediction, sigma_data):
     trainer = make_trainer(tmp_path, "dataset=gmm", "model=mlp", f"model.prediction={prediction}", "trainer.precision=fp32",
-                           "schedule=linear", "trainer.batch_size=16")
+                           "schedule=linear", "trainer.batch_size=16", f"model.sigma_data={sigma_data}")
     seen = []
 
     def spy(x_t, t):  # outputs zeros, so the loss is the mean squared target, and records what it was given
         seen.append((x_t.detach().clone(), t.detach().clone()))
         return 0.0 * trainer.net(x_t, t)
 
-    trainer.forward = spy
+    trainer.preconditioned.net = spy
     g = torch.Generator()
     g.set_state(trainer.gen.get_state())
     cpu = torch.get_rng_state()
@@ -38,9 +38,14 @@ def test_the_training_step_feeds_x_t_at_the_sampled_noise_level_with_the_right_t
     x0 = trainer.train_x[idx].double()
     sigma = ((1 - ab[t]) / ab[t]).sqrt()[:, None]
     (x_t, t_seen), = seen
-    assert torch.allclose(x_t.double(), (x0 + sigma * eps) / (1 + sigma**2).sqrt(), atol=1e-6)
+    sd, x = sigma_data, x0 + sigma * eps
+    assert torch.allclose(x_t.double(), x / (sd**2 + sigma**2).sqrt(), atol=1e-6)  # EDM's c_in; DDPM's x_t for sigma_data = 1
     assert torch.allclose(t_seen.double(), t.double(), atol=1e-6)  # the network is told the timestep of that sigma
-    target = {"eps": eps.double(), "x0": x0, "v": (eps - sigma * x0) / (1 + sigma**2).sqrt()}[prediction]
+    # v: Salimans & Ho's v = sqrt(a) eps - sqrt(1 - a) x0 at sigma_data = 1; in general minus EDM's F target (Karras et al., eq. 8)
+    edm_f = (x0 - sd**2 / (sigma**2 + sd**2) * x) / (sigma * sd / (sigma**2 + sd**2).sqrt())
+    target = {"eps": eps.double(), "x0": x0, "v": -edm_f}[prediction]
+    if sd == 1:
+        assert torch.allclose(target, {"eps": eps.double(), "x0": x0, "v": (eps - sigma * x0) / (1 + sigma**2).sqrt()}[prediction])
     assert loss == pytest.approx(target.pow(2).mean().item(), rel=1e-5)  # L_simple: plain MSE on the target
 
 
@@ -84,8 +89,8 @@ def test_a_short_run_learns_the_mixture_to_near_the_exact_denoisers_quality(tmp_
     from diffctl.config import load_option
     from diffctl.core.diffusion import Denoiser
     from diffctl.data.toy2d import oracle
+    from diffctl.generation import generate
     from diffctl.metrics.distances import sliced_wasserstein
-    from diffctl.sample import generate
 
     trainer = make_trainer(tmp_path, "dataset=gmm", "model=mlp", "schedule=linear", "trainer.steps=1000", "trainer.batch_size=256",
                            "trainer.ckpt_every=0", "trainer.log_every=0", "trainer.precision=fp32", "optim.warmup_steps=50",
@@ -95,32 +100,32 @@ def test_a_short_run_learns_the_mixture_to_near_the_exact_denoisers_quality(tmp_
     trainer.fit()
     ab, cfg = trainer.alpha_bar, load_option("sampler", "ddim")
     truth = trainer.data.test[:2000]
-    model = generate(Denoiser(trainer.ema.model, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1)[0]
-    exact = generate(oracle(), ab, cfg, 50, 2000, (2,), seed=1)[0]
+    model = generate(Denoiser(trainer.ema.model, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1).samples
+    exact = generate(oracle(), ab, cfg, 50, 2000, (2,), seed=1).samples
     swd_model, swd_exact = sliced_wasserstein(model, truth), sliced_wasserstein(exact.float(), truth)
     untrained = make_trainer(tmp_path / "u", "dataset=gmm", "model=mlp", "schedule=linear")
-    swd_untrained = sliced_wasserstein(generate(Denoiser(untrained.net, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1)[0], truth)
+    swd_untrained = sliced_wasserstein(generate(Denoiser(untrained.net, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1).samples, truth)
     assert swd_model < swd_exact + 0.05 < swd_untrained / 4, (swd_model, swd_exact, swd_untrained)
 
 
 def test_a_checkpoint_samples_with_its_own_prediction_type_schedule_and_weights(tmp_path):
     """sample/eval rebuild the denoiser from the checkpoint's config (here v-prediction on the linear
-    schedule, not the eps/cosine defaults) and use its EMA weights unless ema=false: D(x, sigma) equals
-    sqrt(a) x_t - sqrt(1 - a) v(x_t, t), computed here from the stored weights."""
+    schedule with EDM's sigma_data = 0.5, not the eps/cosine/1 defaults) and use its EMA weights unless ema=false:
+    D(x, sigma) equals EDM's c_skip x + c_out F(c_in x) with F = -v, computed here from the stored weights."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from diffctl.models import build_model
     from diffctl.runtime import load_source
 
-    trainer = make_trainer(tmp_path / "run", "model.prediction=v", "schedule=linear", "trainer.steps=2", "trainer.ckpt_every=0")
+    trainer = make_trainer(tmp_path / "run", "model.prediction=v", "model.sigma_data=0.5", "schedule=linear", "trainer.steps=2", "trainer.ckpt_every=0")
     trainer.fit()
     path = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     state = load_checkpoint(path)
     ab = make_alpha_bar("linear", 1000)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    sigma = torch.tensor(0.8, dtype=torch.float64)
-    a = 1 / (1 + sigma**2)
+    sigma, sd = torch.tensor(0.8, dtype=torch.float64), 0.5
+    c_in, c_skip, c_out = 1 / (sigma**2 + sd**2).sqrt(), sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2).sqrt()  # EDM, Table 1
     t = torch.full((3,), float(torch.searchsorted(((1 - ab) / ab).sqrt(), sigma)))  # between two training timesteps
     for ema in (True, False):
         GlobalHydra.instance().clear()
@@ -130,11 +135,40 @@ def test_a_checkpoint_samples_with_its_own_prediction_type_schedule_and_weights(
         assert source.prediction == "v" and torch.equal(source.alpha_bar, ab)
         net = build_model(trainer.cfg.model, (1, 8, 8))
         net.load_state_dict(state["ema" if ema else "model"])
-        x_t = (x * a.sqrt()).float()
+        x_in = (x * c_in).float()
         ls = ((1 - ab) / ab).sqrt().log()  # the continuous timestep of sigma: log-sigma interpolation between neighbours
         hi = int(t[0])
         tc = (hi - 1) + (sigma.log() - ls[hi - 1]) / (ls[hi] - ls[hi - 1])
         with torch.no_grad():
-            v = net(x_t, torch.full((3,), tc.item())).double()
-        expected = a.sqrt() * x_t.double() - (1 - a).sqrt() * v
+            v = net(x_in, torch.full((3,), tc.item())).double()
+        expected = c_skip * x - c_out * v  # v is minus EDM's F
         assert torch.allclose(source.denoise(x, sigma), expected, atol=1e-5), ema
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_and_samples_with_its_default(tmp_path):
+    """Checkpoints written before model.sigma_data existed trained with sigma_data = 1: they resume on the
+    same branch and load with it.  One whose EDM loss weight used the removed loss.sigma_data is not resumed
+    (the new weighting would change its objective), but still samples."""
+    from diffctl.errors import UsageError
+    from diffctl.runtime import load_trained
+
+    run = tmp_path / "run"
+    make_trainer(run, "trainer.steps=2", "trainer.ckpt_every=0").fit()
+    path = list_checkpoints(run / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    del state["config"]["model"]["sigma_data"]
+    torch.save(state, path)
+    assert load_trained(path, torch.device("cpu")).cfg.model.sigma_data == 1.0
+    again = make_trainer(run, "trainer.steps=4", "trainer.ckpt_every=0")
+    assert again.fit()["steps"] == 4 and again.branch == 0
+
+    edm = tmp_path / "edm"
+    make_trainer(edm, "loss=edm", "trainer.steps=2", "trainer.ckpt_every=0").fit()
+    path = list_checkpoints(edm / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    del state["config"]["model"]["sigma_data"]
+    state["config"]["loss"]["sigma_data"] = 0.5
+    torch.save(state, path)
+    with pytest.raises(UsageError, match=r"it was trained with loss.sigma_data=0.5 \(now None\)"):
+        make_trainer(edm, "loss=edm", "trainer.steps=4").fit()
+    assert load_trained(path, torch.device("cpu")).step == 2

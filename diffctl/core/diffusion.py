@@ -1,17 +1,28 @@
-"""Forward process q(x_t | x_0), parameterisation conversions, and the denoiser D(x, sigma).
+"""The forward process and the one preconditioned denoiser D(x, sigma) that training, every metric
+and every sampler use.
 
-Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
-    x_t   = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps            (DDPM eq. 4)
-    v_t   = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0            (v-prediction)
+Everything works in the scaled variable x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps (EDM's VP
+formulation), so one sampler serves every schedule.  A network F is wrapped in EDM's
+preconditioning (Karras et al. 2022, eq. 7 and Table 1):
 
-Samplers work in the scaled variable  x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps  (EDM's VP
-formulation), so one sampler serves every schedule.  ``Denoiser`` turns a network that predicts
-eps, x_0 or v at timestep t into D(x, sigma) -> x_0_hat, the only thing samplers see.
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+
+with c_in = 1 / sqrt(sigma^2 + sigma_data^2) and c_noise = the (continuous) training timestep of
+sigma on the VP schedule.  What the network predicts is a choice of c_skip and c_out:
+
+    eps   c_skip = 1                                  c_out = -sigma                         (DDPM)
+    x0    c_skip = 0                                  c_out = 1
+    v     c_skip = sigma_data^2 / (sigma^2 + s_d^2)   c_out = -sigma s_d / sqrt(sigma^2 + s_d^2)
+
+With sigma_data = 1, c_in x = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps is DDPM's x_t and v is
+Salimans & Ho's v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0; with sigma_data = 0.5, v is EDM's
+F (up to its sign).  The training loss is w(sigma) ||D(x, sigma) - x_0||^2, computed as
+w c_out^2 ||F - (x_0 - c_skip x) / c_out||^2 so that a small c_out never divides the network's error.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -31,74 +42,90 @@ def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """What the network is trained to output for ``prediction`` in ``PREDICTIONS``."""
+def preconditioning(prediction: str, sigma: torch.Tensor, sigma_data: float = 1.0):
+    """(c_skip, c_out, c_in) at noise levels ``sigma`` for a network that predicts ``prediction``."""
+    sd2 = sigma_data**2
+    c_in = 1 / (sigma**2 + sd2).sqrt()
     if prediction == "eps":
-        return noise
+        return torch.ones_like(sigma), -sigma, c_in
     if prediction == "x0":
-        return x0
+        return torch.zeros_like(sigma), torch.ones_like(sigma), c_in
     if prediction == "v":
-        a = _bcast(alpha_bar_t, x0)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
+        return sd2 / (sigma**2 + sd2), -sigma * sigma_data * c_in, c_in
     raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
 
 
-def output_to_x0_eps(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor):
-    """Invert the parameterisation: network output at x_t -> (x0_hat, eps_hat)."""
-    a = _bcast(alpha_bar_t, x_t)
-    sa, s1a = a.sqrt(), (1 - a).sqrt()
-    if prediction == "eps":
-        eps = out
-        x0 = (x_t - s1a * eps) / sa  # DDPM eq. 4 solved for x_0
-    elif prediction == "x0":
-        x0 = out
-        eps = (x_t - sa * x0) / s1a
-    elif prediction == "v":
-        x0 = sa * x_t - s1a * out  # since x_t = sa x0 + s1a eps and v = sa eps - s1a x0
-        eps = s1a * x_t + sa * out
-    else:
-        raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
-    return x0, eps
+def _per_item(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma).to(x.device, torch.float64)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
 
 
-def network_inputs(x: torch.Tensor, sigma: torch.Tensor, alpha_bar: torch.Tensor):
-    """(x_t, t, alpha_bar_t) a network trained on the VP schedule ``alpha_bar`` sees for the scaled
-    variable ``x`` = x_0 + sigma eps: x_t = x / sqrt(1 + sigma^2) and the continuous timestep of sigma."""
-    sigma = sigma.to(x.device, torch.float64)
-    sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-    alpha_bar_t = 1 / (1 + sigma**2)
-    t = sigma_to_t(sigma, alpha_bar.to(sigma.device))
-    return x * _bcast(alpha_bar_t.sqrt(), x), t, alpha_bar_t
+class Preconditioned:
+    """A network ``net(x_in [N, ...], c_noise [N], *cond)`` seen at noise level sigma of the scaled
+    variable x: its inputs are c_in x and the training timestep of sigma on the VP schedule ``alpha_bar``."""
 
-
-class Denoiser:
-    """D(x, sigma) -> x0_hat for a network ``net(x_t [N, ...], t [N]) -> output`` trained on a VP schedule.
-
-    ``x`` is the scaled variable x_0 + sigma eps; the network sees x_t = x / sqrt(1 + sigma^2)
-    (since alpha_bar = 1 / (1 + sigma^2)) and the continuous timestep for sigma.
-    """
-
-    def __init__(self, net: Callable, alpha_bar: torch.Tensor, prediction: str = "eps"):
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor, prediction: str = "eps", sigma_data: float = 1.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
-        self.net, self.alpha_bar, self.prediction = net, alpha_bar.double(), prediction
+        self.net, self.alpha_bar, self.prediction, self.sigma_data = net, alpha_bar.double(), prediction, float(sigma_data)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``y``: class labels ``[N]`` for a class-conditional network (its null label: unconditional)."""
-        x_t, t, alpha_bar_t = network_inputs(x, sigma, self.alpha_bar)
-        out = (self.net(x_t.float(), t.float()) if y is None else self.net(x_t.float(), t.float(), y)).to(x.dtype)
-        x0, _ = output_to_x0_eps(self.prediction, out, x_t, alpha_bar_t)
-        return x0
+    def coefficients(self, sigma: torch.Tensor):
+        """(c_skip, c_out, c_in) ``[N]`` float64."""
+        return preconditioning(self.prediction, sigma, self.sigma_data)
+
+    def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's noise input: the continuous training timestep of sigma (integer at the schedule's levels)."""
+        return sigma_to_t(sigma, self.alpha_bar.to(sigma.device))
+
+    def _net(self, x_in: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        t = self.c_noise(sigma).to(x_in.dtype)
+        return self.net(x_in, t) if cond is None else self.net(x_in, t, cond)
 
 
-class NoisyClassifier:
-    """log p(y | x, sigma) ``[N, K]`` for a classifier ``net(x_t, t) -> logits`` trained on noisy inputs
-    of a VP schedule (Dhariwal & Nichol 2021), in the same scaled variable x as ``Denoiser``, so
-    its gradient in x is what classifier guidance needs whatever schedule either network used."""
+class Denoiser(Preconditioned):
+    """D(x, sigma) -> x0_hat, and the training loss of the same mapping."""
 
-    def __init__(self, net: Callable, alpha_bar: torch.Tensor):
-        self.net, self.alpha_bar = net, alpha_bar.double()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``[N, ...]`` at noise level ``sigma`` (scalar or ``[N]``); ``cond``: what else conditions the
+        network (class labels ``[N]`` of a class-conditional network, whose null label is unconditional)."""
+        sigma = _per_item(sigma, x)
+        c_skip, c_out, c_in = (_bcast(c, x) for c in self.coefficients(sigma))
+        out = self._net((c_in * x).float(), sigma, cond).to(x.dtype)
+        return c_skip * x + c_out * out
+
+    def loss(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, weight: Callable, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """w(sigma) ||D(x0 + sigma noise, sigma) - x0||^2 averaged over all but the batch, ``[N]``.
+
+        ``weight(sigma, denoiser)`` weighs the x0 error (``losses.weight_*``).  The network sees
+        c_in (x0 + sigma noise) and is fitted to its target (x0 - c_skip x) / c_out, both written out so
+        that the target keeps full precision where c_out is small.
+        """
+        sigma = sigma.to(x0.device, torch.float64)
+        c_skip, c_out, c_in = self.coefficients(sigma)
+        b = lambda c: _bcast(c, x0)
+        x_in = b(c_in) * x0 + b(c_in * sigma) * noise
+        target = b((1 - c_skip) / c_out) * x0 - b(c_skip * sigma / c_out) * noise
+        out = self._net(x_in, sigma, cond)
+        w = (weight(sigma, self) * c_out**2).float()
+        return w * (out.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+class NoisyClassifier(Preconditioned):
+    """log p(y | x, sigma) ``[N, K]`` for a classifier ``net(x_in, c_noise) -> logits`` trained on noisy inputs
+    (Dhariwal & Nichol 2021), in the same scaled variable and network inputs as ``Denoiser``, so its
+    gradient in x is what classifier guidance needs whatever schedule either network used."""
+
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor, sigma_data: float = 1.0):
+        super().__init__(net, alpha_bar, "x0", sigma_data)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        x_t, t, _ = network_inputs(x, sigma, self.alpha_bar)
-        return torch.log_softmax(self.net(x_t.float(), t.float()).double(), dim=1)
+        sigma = _per_item(sigma, x)
+        c_in = _bcast(self.coefficients(sigma)[2], x)
+        return torch.log_softmax(self._net((c_in * x).float(), sigma, None).double(), dim=1)
+
+    def loss(self, x0: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on x0 + sigma noise (trained on all noise levels), ``[N]``."""
+        sigma = sigma.to(x0.device, torch.float64)
+        c_in = self.coefficients(sigma)[2]
+        x_in = _bcast(c_in, x0) * x0 + _bcast(c_in * sigma, x0) * noise
+        return torch.nn.functional.cross_entropy(self._net(x_in, sigma, None).float(), y, reduction="none")

@@ -54,7 +54,7 @@ def posterior(alpha_bar: torch.Tensor, t: int, x0: torch.Tensor, x_t: torch.Tens
     return mean, var.log()
 
 
-def prior_bits(x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+def prior_nats(x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """L_T per item ``[N]`` in nats: KL(q(x_T | x_0) || N(0, I))."""
     a = alpha_bar[-1]
     kl = normal_kl(a.sqrt() * x0, (1 - a).log().expand_as(x0), torch.zeros_like(x0), torch.zeros_like(x0))

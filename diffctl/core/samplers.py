@@ -19,15 +19,10 @@ from typing import Callable, Optional
 
 import torch
 
-SAMPLERS: dict = {}
+from .registry import Registry
 
-
-def register(name: str):
-    def deco(fn):
-        SAMPLERS[name] = fn
-        return fn
-
-    return deco
+# A sampler's keyword-only parameters but ``noise`` and ``callback`` are its options (``sampler.<option>=``).
+SAMPLERS = Registry("sampler", inputs=("noise", "callback"))
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
@@ -48,7 +43,7 @@ def _default_noise(x: torch.Tensor) -> Callable[[int], torch.Tensor]:
     return lambda i: torch.randn_like(x)
 
 
-@register("ddim")
+@SAMPLERS.register("ddim")
 @torch.no_grad()
 def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, noise: Optional[Callable] = None, callback=None):
     """DDIM (Song et al. 2021, eq. 12), generalised by ``eta`` (eq. 16).
@@ -70,7 +65,7 @@ def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, noise: Optional[Callabl
     return x
 
 
-@register("ddpm")
+@SAMPLERS.register("ddpm")
 @torch.no_grad()
 def sample_ddpm(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with the posterior variance beta_tilde.
@@ -93,7 +88,7 @@ def sample_ddpm(denoise, x, sigmas, *, noise: Optional[Callable] = None, callbac
     return x
 
 
-@register("euler")
+@SAMPLERS.register("euler")
 def sample_euler(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3).
 
@@ -102,7 +97,7 @@ def sample_euler(denoise, x, sigmas, *, noise: Optional[Callable] = None, callba
     return sample_ddim(denoise, x, sigmas, eta=0.0, noise=noise, callback=callback)
 
 
-@register("euler_ancestral")
+@SAMPLERS.register("euler_ancestral")
 def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, noise: Optional[Callable] = None, callback=None):
     """k-diffusion's Euler-ancestral: Euler down to sigma_down, fresh noise up to sigma_next.
 
@@ -111,7 +106,7 @@ def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, noise: Optio
     return sample_ddim(denoise, x, sigmas, eta=eta, noise=noise, callback=callback)
 
 
-@register("heun")
+@SAMPLERS.register("heun")
 @torch.no_grad()
 def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
                 S_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
@@ -139,7 +134,7 @@ def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0
     return x
 
 
-@register("dpmpp_2m_sde")
+@SAMPLERS.register("dpmpp_2m_sde")
 @torch.no_grad()
 def sample_dpmpp_2m_sde(denoise, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022b; k-diffusion's midpoint variant), noise scaled by ``eta``."""
@@ -164,7 +159,7 @@ def sample_dpmpp_2m_sde(denoise, x, sigmas, *, eta: float = 1.0, s_noise: float 
     return x
 
 
-@register("dpmpp_2m")
+@SAMPLERS.register("dpmpp_2m")
 def sample_dpmpp_2m(denoise, x, sigmas, *, noise: Optional[Callable] = None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): the SDE variant with eta = 0.
 
@@ -204,7 +199,7 @@ def _unipc_step(x, x0s, lambdas, sigma, sigma_next, lambda_next, order, x0_new=N
     return x_first - B_h * (sum(r * d for r, d in zip(rhos[:-1], D1s)) + rhos[-1] * (x0_new - m0))
 
 
-@register("unipc")
+@SAMPLERS.register("unipc")
 @torch.no_grad()
 def sample_unipc(denoise, x, sigmas, *, order: int = 2, noise: Optional[Callable] = None, callback=None):
     """UniPC (Zhao et al. 2023), bh2, multistep UniP-``order`` predictor + UniC corrector.
@@ -226,9 +221,3 @@ def sample_unipc(denoise, x, sigmas, *, order: int = 2, noise: Optional[Callable
         if callback is not None:
             callback(i, sigmas[i], x, x0)
     return x
-
-
-def get_sampler(name: str) -> Callable:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
-    return SAMPLERS[name]

@@ -18,28 +18,24 @@ import math
 
 import torch
 
-# Names are part of the CLI (``schedule=<name>``) and never change once released.
-SCHEDULES: dict = {}
-SPACINGS: dict = {}
+from .registry import Registry
+
+# Names are part of the CLI (``schedule=<name>``, ``sampler.spacing=<name>``) and never change once released.
+# A schedule is ``fn(timesteps, *, <its published constants>) -> alpha_bar [T]``; a spacing is
+# ``fn(alpha_bar, steps, rho) -> sigmas [steps + 1]``.
+SCHEDULES = Registry("schedule")
+SPACINGS = Registry("spacing")
 
 
-def _register(table: dict, name: str):
-    def deco(fn):
-        table[name] = fn
-        return fn
-
-    return deco
-
-
-@_register(SCHEDULES, "linear")
-def alpha_bar_linear(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+@SCHEDULES.register("linear")
+def alpha_bar_linear(timesteps: int, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """DDPM (Ho et al. 2020, Sec. 4): betas linear from 1e-4 to 0.02 over T steps, float64 ``[T]``."""
     betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)  # alpha_bar_t = prod_{s<=t} (1 - beta_s)
 
 
-@_register(SCHEDULES, "cosine")
-def alpha_bar_cosine(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+@SCHEDULES.register("cosine")
+def alpha_bar_cosine(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Improved DDPM (Nichol & Dhariwal 2021, eq. 17): f(t) = cos^2(((t/T + s) / (1 + s)) pi/2).
 
     betas = 1 - f(t)/f(t-1), clipped at ``max_beta`` to avoid the singularity at t = T.
@@ -50,15 +46,15 @@ def alpha_bar_cosine(timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-@_register(SCHEDULES, "scaled_linear")
-def alpha_bar_scaled_linear(timesteps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+@SCHEDULES.register("scaled_linear")
+def alpha_bar_scaled_linear(timesteps: int, *, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
     """Latent diffusion (Rombach et al. 2022): sqrt(beta) linear, beta_t = (lerp(sqrt b0, sqrt b1))^2."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-@_register(SCHEDULES, "sigmoid")
-def alpha_bar_sigmoid(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, clip_min: float = 1e-9) -> torch.Tensor:
+@SCHEDULES.register("sigmoid")
+def alpha_bar_sigmoid(timesteps: int, *, start: float = -3.0, end: float = 3.0, tau: float = 1.0, clip_min: float = 1e-9) -> torch.Tensor:
     """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Algorithm 1, "sigmoid_schedule").
 
     gamma(t) = (sigmoid(end / tau) - sigmoid((t (end - start) + start) / tau)) / (sigmoid(end / tau) - sigmoid(start / tau)),
@@ -70,8 +66,8 @@ def alpha_bar_sigmoid(timesteps: int, start: float = -3.0, end: float = 3.0, tau
     return gamma.clamp(min=clip_min)
 
 
-@_register(SCHEDULES, "edm")
-def alpha_bar_edm(timesteps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+@SCHEDULES.register("edm")
+def alpha_bar_edm(timesteps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """EDM noise levels (Karras et al. 2022, eq. 5) as a VP schedule: alpha_bar = 1 / (1 + sigma^2).
 
     sigma_i = (sigma_min^(1/rho) + i/(T-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, increasing in t,
@@ -99,8 +95,6 @@ def rescale_zero_terminal_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 def make_alpha_bar(name: str, timesteps: int, zero_terminal_snr: bool = False, **params) -> torch.Tensor:
     """Look a schedule up by its registry name; ``params`` are its published constants."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
     if timesteps < 2:
         raise ValueError(f"schedule.timesteps must be >= 2, got {timesteps}")
     alpha_bar = SCHEDULES[name](timesteps, **params)
@@ -126,39 +120,41 @@ def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
 # --- Sampling discretisations: which of the T training timesteps a sampler visits -----------
 
 
-@_register(SPACINGS, "leading")
 def timesteps_leading(timesteps: int, steps: int) -> torch.Tensor:
     """DDIM / Stable Diffusion "leading": 0, k, 2k, ... with k = T // steps (never reaches T-1)."""
     k = timesteps // steps
     return torch.arange(steps, dtype=torch.long).flip(0) * k
 
 
-@_register(SPACINGS, "trailing")
 def timesteps_trailing(timesteps: int, steps: int) -> torch.Tensor:
     """Lin et al. 2024, Table 2 "trailing": T-1, T-1-k, ...; always starts at the last timestep."""
     k = timesteps / steps
     return (torch.round(timesteps - torch.arange(steps, dtype=torch.float64) * k) - 1).long()
 
 
-@_register(SPACINGS, "linspace")
 def timesteps_linspace(timesteps: int, steps: int) -> torch.Tensor:
     """Evenly spaced from T-1 down to 0, both ends included (rounded)."""
     return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long()
-
-
-def sampling_timesteps(spacing: str, timesteps: int, steps: int) -> torch.Tensor:
-    """The decreasing training timesteps ``[steps]`` a sampler with ``steps`` steps visits."""
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose from {sorted(SPACINGS) + ['karras']}")
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
-    return SPACINGS[spacing](timesteps, steps)
 
 
 def sigmas_at(alpha_bar: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """Noise levels at the visited timesteps, with the final 0 appended: float64 ``[steps + 1]``."""
     sig = sigmas_from_alpha_bar(alpha_bar.double())[timesteps]
     return torch.cat([sig, sig.new_zeros(1)])
+
+
+def _at_timesteps(pick):
+    def spacing(alpha_bar: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
+        if not 1 <= steps <= len(alpha_bar):
+            raise ValueError(f"steps must be in [1, {len(alpha_bar)}], got {steps}")
+        return sigmas_at(alpha_bar, pick(len(alpha_bar), steps))
+
+    spacing.__doc__ = f"The noise levels of the training timesteps of ``{pick.__name__}``."
+    return spacing
+
+
+for _name, _pick in (("leading", timesteps_leading), ("trailing", timesteps_trailing), ("linspace", timesteps_linspace)):
+    SPACINGS.register(_name)(_at_timesteps(_pick))
 
 
 def sigmas_karras(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
@@ -169,18 +165,22 @@ def sigmas_karras(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return torch.cat([sig, sig.new_zeros(1)])
 
 
+@SPACINGS.register("karras")
+def spacing_karras(alpha_bar: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """EDM's rho-warped noise levels between the schedule's smallest and largest sigma (any step count)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sig = sigmas_from_alpha_bar(alpha_bar.double())
+    return sigmas_karras(sig[0].item(), sig[-1].item(), steps, rho)
+
+
 def sampling_sigmas(spacing: str, alpha_bar: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
-    """The noise levels ``[steps + 1]`` (ending in 0) a sampler visits on a schedule.
+    """The decreasing noise levels ``[steps + 1]`` (ending in 0) a sampler visits on a schedule.
 
     ``leading | trailing | linspace`` pick training timesteps; ``karras`` spaces noise levels
     between the schedule's smallest and largest sigma with EDM's rho-warping.
     """
-    if spacing == "karras":
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        sig = sigmas_from_alpha_bar(alpha_bar.double())
-        return sigmas_karras(sig[0].item(), sig[-1].item(), steps, rho)
-    return sigmas_at(alpha_bar, sampling_timesteps(spacing, len(alpha_bar), steps))
+    return SPACINGS[spacing](alpha_bar, steps, rho)
 
 
 def sigma_to_t(sigma: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:

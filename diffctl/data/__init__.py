@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..core.registry import Registry
 from . import digits, toy2d, vision
 
 
@@ -49,15 +50,18 @@ class Dataset:
         return h.hexdigest()
 
 
-LOADERS = {"digits": digits.load, "digits_gmm": digits.load_gmm, **{name: toy2d.loader(name) for name in toy2d.DISTRIBUTIONS},
-           **{name: vision.load for name in vision.READERS}}
+# A dataset is a reader ``load(name, *, <options>) -> dict`` of the Dataset fields; its keyword-only
+# parameters are the fields of its ``dataset`` config group.  One reader may serve several names.
+DATASETS = Registry("dataset")
+DATASETS.register("digits")(digits.load)
+DATASETS.register("digits_gmm")(digits.load_gmm)
+DATASETS.register(*toy2d.DISTRIBUTIONS)(toy2d.load)
+DATASETS.register(*vision.READERS)(vision.load)
 
 
 def load_dataset(cfg) -> Dataset:
     """Load the dataset described by the ``dataset`` config group."""
-    if cfg.name not in LOADERS:
-        raise ValueError(f"unknown dataset {cfg.name!r}; choose from {sorted(LOADERS)}")
-    return Dataset(name=cfg.name, **LOADERS[cfg.name](cfg))
+    return Dataset(name=cfg.name, **DATASETS.build(cfg, cfg.name))
 
 
 def quantize(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:

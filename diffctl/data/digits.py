@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from ..core.gmm import GaussianMixture
+
 LEVELS = 17  # pixel values are integers 0..16
 
 
-def load(cfg) -> dict:
+def load(name: str = "digits") -> dict:
+    """scikit-learn's 8x8 digits: 1,497 train / 300 test, 10 classes, 17 levels."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -22,17 +25,16 @@ def load(cfg) -> dict:
     return dict(train=x[~test], test=x[test], train_labels=y[~test], test_labels=y[test], levels=LEVELS, num_classes=10)
 
 
-def load_gmm(cfg) -> dict:
+def load_gmm(name: str = "digits_gmm", *, std: float = 0.2, num_train: int = 2000, num_test: int = 300, seed: int = 0) -> dict:
     """``digits_gmm``: an image-shaped Gaussian mixture with a closed-form optimal denoiser.
 
     One component per class, centred on that class's mean digit (train split), shared isotropic
-    std ``dataset.std``; items are drawn from the mixture, so the data distribution is known.
+    std ``std`` in [-1, 1] pixel units; ``num_train`` / ``num_test`` items are drawn from the mixture
+    (generator seeds ``seed`` and ``seed + 1``), so the data distribution is known.
     """
-    from ..models.oracle import GMMDenoiser
-
-    real = load(cfg)
+    real = load()
     means = torch.stack([real["train"][real["train_labels"] == c].mean(0) for c in range(10)])  # [10, 1, 8, 8]
-    oracle = GMMDenoiser(means, cfg.std)
-    train, train_y = oracle.sample(cfg.num_train, torch.Generator().manual_seed(cfg.seed))
-    test, test_y = oracle.sample(cfg.num_test, torch.Generator().manual_seed(cfg.seed + 1))
+    oracle = GaussianMixture(means, std)
+    train, train_y = oracle.sample(num_train, torch.Generator().manual_seed(seed))
+    test, test_y = oracle.sample(num_test, torch.Generator().manual_seed(seed + 1))
     return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=10, oracle=oracle)

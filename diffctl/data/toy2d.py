@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..models.oracle import GMMDenoiser
+from ..core.gmm import GaussianMixture
 
 DISTRIBUTIONS = ("swiss_roll", "moons", "gmm")
 
@@ -23,9 +23,9 @@ def gmm_params(components: int = 8, radius: float = 2.0, std: float = 0.15):
     return means, std
 
 
-def oracle() -> GMMDenoiser:
+def oracle() -> GaussianMixture:
     """The exact denoiser (and density) of the 2-D Gaussian mixture."""
-    return GMMDenoiser(*gmm_params())
+    return GaussianMixture(*gmm_params())
 
 
 def _points(name: str, n: int, seed: int):
@@ -43,12 +43,10 @@ def _points(name: str, n: int, seed: int):
     return oracle().sample(n, torch.Generator().manual_seed(seed))
 
 
-def loader(name: str):
-    def load(cfg) -> dict:
-        train, train_y = _points(name, cfg.num_train, cfg.seed)
-        test, test_y = _points(name, cfg.num_test, cfg.seed + 1)
-        classes = {"moons": 2, "gmm": len(gmm_params()[0])}.get(name, 0)
-        return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=classes,
-                    oracle=oracle() if name == "gmm" else None)
-
-    return load
+def load(name: str, *, num_train: int = 20000, num_test: int = 5000, seed: int = 0) -> dict:
+    """``num_train`` / ``num_test`` points of distribution ``name`` (generator seeds ``seed`` and ``seed + 1``)."""
+    train, train_y = _points(name, num_train, seed)
+    test, test_y = _points(name, num_test, seed + 1)
+    classes = {"moons": 2, "gmm": len(gmm_params()[0])}.get(name, 0)
+    return dict(train=train, test=test, train_labels=train_y, test_labels=test_y, levels=None, num_classes=classes,
+                oracle=oracle() if name == "gmm" else None)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -233,7 +235,16 @@ def _mnist5k(cfg, split: str):
 READERS = {"mnist": _mnist, "fashion_mnist": _mnist, "cifar10": _cifar10, "celeba": _celeba, "folder": _folder, "mnist5k": _mnist5k}
 
 
-def load(cfg) -> dict:
+def load(name: str, *, root: str = "data", download: bool = False, image_size: Optional[int] = None, crop: Optional[int] = None,
+         hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False) -> dict:
+    """Images in torchvision's layout under ``root`` (env DIFFCTL_DATA; for folder: ``<root>/<class>/<images>``).
+
+    download: fetch with torchvision's downloader (needs a network; offline, missing files are an error
+    naming them); image_size: resize the shorter side and centre-crop to it (None: as stored); crop:
+    centre crop (px) before resizing (CelebA: 140); hflip: random horizontal flips while training;
+    limit: only the first N images of each split; grayscale: folder images read as 1 channel.
+    """
+    cfg = SimpleNamespace(**{k: v for k, v in locals().items()})  # what the readers below look up
     if cfg.download:
         _download(cfg)
     out = {}

@@ -1,4 +1,5 @@
-"""Distances between sample sets: Frechet distance, KID, sliced Wasserstein, MMD, energy, precision/recall, density/coverage."""
+"""Distances between sample sets: Frechet distance, KID, sliced Wasserstein, MMD, energy, precision/recall, density/coverage;
+and their error bars (jackknife, bootstrap) and real-vs-real floors."""
 
 from __future__ import annotations
 
@@ -185,6 +186,13 @@ def jackknife_std(stat: Callable[[torch.Tensor], float], n: int, groups: int = 2
     parts = torch.randperm(n, generator=g).chunk(min(groups, n))
     values = torch.tensor([stat(torch.cat(parts[:k] + parts[k + 1:]).sort().values) for k in range(len(parts))], dtype=torch.float64)
     return float(((len(parts) - 1) / len(parts) * (values - values.mean()).pow(2).sum()).sqrt())
+
+
+def with_floor(stat: Callable[[torch.Tensor], float], gen: torch.Tensor, real: torch.Tensor, seed: int) -> dict:
+    """``stat`` of the generated set (value) and of held-out real data (floor), each with its
+    jackknife error over that set's items."""
+    return {"value": stat(gen), "err": jackknife_std(lambda ids: stat(gen[ids]), len(gen), seed=seed),
+            "floor": stat(real), "floor_err": jackknife_std(lambda ids: stat(real[ids]), len(real), seed=seed + 1)}
 
 
 def kid(a: torch.Tensor, b: torch.Tensor, subset_size: int = 100, subsets: int = 100, seed: int = 0) -> tuple[float, float]:

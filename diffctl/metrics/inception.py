@@ -24,8 +24,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import EvalContext, Skipped, register
-from .distances import chunked_frechet, gaussian_stats, kid as kid_distance
+from .distances import chunked_frechet, gaussian_stats
+from .distances import kid as kid_distance
+from .registry import EvalContext, Skipped, register
 
 log = logging.getLogger("diffctl.metrics")
 

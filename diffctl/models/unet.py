@@ -9,11 +9,11 @@ nothing of noise schedules.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -92,20 +92,24 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: int,
+        data_shape: Sequence[int],
+        classify: int = 0,
+        *,
         channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2),
+        channel_mult: List[int] = (1, 2),
         num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (4,),
+        attn_resolutions: List[int] = (4,),
         dropout: float = 0.0,
         heads: int = 4,
         num_classes: int = 0,
-        classify: int = 0,
     ):
         """``classify`` = K > 0 builds a noise-aware classifier instead (Dhariwal & Nichol's encoder UNet):
         the encoder and middle blocks, then GroupNorm, SiLU, global average pooling and K logits."""
         super().__init__()
+        if len(data_shape) != 3:
+            raise ValueError(f"model arch 'unet' needs image data [C, H, W]; this dataset is {list(data_shape)}: use model=mlp")
+        in_channels, image_size, _ = data_shape
+        channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
         if image_size % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult {list(channel_mult)})")
         if channels % heads or any((channels * m) % heads for m in channel_mult):

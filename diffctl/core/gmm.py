@@ -1,4 +1,6 @@
-"""The exact denoiser of a Gaussian mixture: a model that needs no training.
+"""A Gaussian mixture with everything known in closed form: samples, density, the class posterior and
+the exact denoiser.  The 2-D ``gmm`` and image-shaped ``digits_gmm`` datasets draw from it, ``ckpt=oracle``
+samples with its denoiser (a model that needs no training), and tests check samplers against it.
 
 For x0 ~ sum_k w_k N(mu_k, s^2 I) and x = x0 + sigma z, the optimal denoiser is closed-form:
 
@@ -15,8 +17,8 @@ import math
 import torch
 
 
-class GMMDenoiser:
-    """D(x, sigma) = E[x0 | x0 + sigma z = x] for an isotropic Gaussian mixture with shared std.
+class GaussianMixture:
+    """An isotropic Gaussian mixture with shared std; calling it is the exact denoiser D(x, sigma) = E[x0 | x0 + sigma z = x].
 
     ``means`` is ``[K, ...]`` (one item shape per component); ``weights`` default to uniform.
     """

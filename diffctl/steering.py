@@ -1,0 +1,136 @@
+"""What a sample/eval config asks to steer generation with (``classes=``, ``guidance.*``, ``inpaint.*``),
+checked and turned into a ``generation.Conditioning``; and generation run from such a config.
+
+This is the config side of generation: it raises the ``UsageError``s of bad requests, loads the
+guidance classifier (``runtime.load_classifier``) and reads inpainting PNGs.  ``diffctl sample`` and
+``diffctl eval`` generate through ``generate_from_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UsageError
+from .generation import Conditioning, Generated, class_labels, generate
+from .progress import progress_bar
+from .runtime import Source, load_classifier
+
+log = logging.getLogger("diffctl.sample")
+
+MASKS = ("left", "right", "top", "bottom", "center")
+
+
+def region_mask(name: str, shape: tuple) -> torch.Tensor:
+    """1 where the named region (one of ``MASKS``) is to be regenerated, over ``[C, H, W]``."""
+    c, h, w = shape
+    m = torch.zeros(shape)
+    region = {"left": (slice(None), slice(0, w // 2)), "right": (slice(None), slice(w // 2, None)),
+              "top": (slice(0, h // 2), slice(None)), "bottom": (slice(h // 2, None), slice(None)),
+              "center": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}[name]
+    m[:, region[0], region[1]] = 1
+    return m
+
+
+def load_png(path: str, shape: tuple, what: str) -> torch.Tensor:
+    """A PNG as ``[C, H, W]`` in [-1, 1], checked against the data's shape (``what``: the config key, for errors)."""
+    from .data.vision import open_image
+
+    img = open_image(path, what)
+    c, h, w = shape
+    if img.size != (w, h):
+        raise UsageError(f"{what}={path} is {img.size[0]}x{img.size[1]}; this model's images are {w}x{h}")
+    arr = torch.from_numpy(np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32)).reshape(h, w, c)
+    return arr.permute(2, 0, 1) / 127.5 - 1
+
+
+def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.device = torch.device("cpu")) -> Optional[Conditioning]:
+    """Labels (``classes``, ``guidance``) and inpainting (``inpaint``) from a sample/eval config, checked;
+    None when the config asks for neither."""
+    data, n = source.data, cfg.num_samples
+    classes, g = cfg.get("classes"), cfg.guidance
+    labels = classifier = None
+    if classes is None:
+        if g.scale != 1.0 or g.rescale or g.classifier is not None:
+            raise UsageError("guidance.* steers towards classes: add classes=all or classes=[3,7]")
+    else:
+        if g.classifier is not None:
+            classifier = load_classifier(str(g.classifier), cfg, source, device)
+            if source.num_classes and source.num_classes != classifier.num_classes:
+                raise UsageError(f"guidance.classifier has {classifier.num_classes} classes, the model {source.num_classes}")
+        elif source.num_classes == 0:
+            raise UsageError("classes= needs a class-conditional model (model.num_classes=N) or a classifier "
+                             "(guidance.classifier=<a 'diffctl train task=classifier' run>); this model is unconditional")
+        if source.num_classes == 0 and (g.scale != 1.0 or g.rescale):
+            raise UsageError("guidance.scale and guidance.rescale are classifier-free guidance, for a class-conditional model; "
+                             "steer this unconditional one with guidance.classifier_scale")
+        num_classes = source.num_classes or classifier.num_classes
+        if classes == "all":
+            classes = list(range(num_classes))
+        elif OmegaConf.is_list(classes):
+            classes = list(classes)
+        else:
+            classes = [classes]
+        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
+        if bad or not classes:
+            raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {num_classes - 1}]")
+        labels = class_labels(n, classes)
+        if g.rescale and g.scale == 1.0:
+            log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
+    inp = cfg.get("inpaint")
+    known = mask = None
+    if inp is not None and (inp.image is not None or inp.mask is not None):
+        if inp.image is None or inp.mask is None:
+            raise UsageError("inpainting needs both inpaint.image=<test index | PNG> and inpaint.mask=<region | PNG>")
+        if not data.is_image:
+            raise UsageError("inpainting needs image data")
+        if isinstance(inp.image, int):
+            if not 0 <= inp.image < len(data.test):
+                raise UsageError(f"inpaint.image={inp.image}: the test split has images 0..{len(data.test) - 1}")
+            known = data.test[inp.image]
+        else:
+            known = load_png(str(inp.image), data.shape, "inpaint.image")
+        if inp.mask in MASKS:
+            hole = region_mask(inp.mask, data.shape)
+        elif str(inp.mask).lower().endswith(".png"):
+            hole = (load_png(str(inp.mask), data.shape, "inpaint.mask") > 0).float()
+        else:
+            raise UsageError(f"inpaint.mask={inp.mask}: choose {', '.join(MASKS)} or a PNG file (white = regenerate)")
+        mask = 1 - hole  # 1 = known
+        if inp.resample > 1 and cfg.sampler.name != "ddpm":
+            log.warning("inpaint.resample=%d: RePaint takes DDPM steps; sampler=%s is not used", inp.resample, cfg.sampler.name)
+        log.info("inpainting %s: regenerating %d of %d pixels", inp.image, int(hole.sum()), hole.numel())
+    elif inp is not None and inp.resample > 1:
+        raise UsageError("inpaint.resample needs inpaint.image and inpaint.mask")
+    if labels is None and known is None:
+        return None
+    return Conditioning(labels, source.num_classes, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
+                        classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {})
+
+
+def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, steps: int,
+                         sampler_cfg: DictConfig | None = None) -> Generated:
+    """``generate`` from ``source`` as a sample/eval config asks (num_samples, batch_size, seed, classes,
+    guidance, inpaint; ``sampler_cfg`` or the config's sampler), with a progress bar."""
+    sampler_cfg = sampler_cfg if sampler_cfg is not None else cfg.sampler
+    cond = conditioning_from_config(cfg, source, device)
+    resample = cond.resample if cond is not None else 1
+    total = steps * resample * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
+    with progress_bar(f"sampling {sampler_cfg.name} x{steps}", total) as advance:
+        return generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
+                        seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
+                        on_step=advance, cond=cond)
+
+
+def describe_guidance(g: dict) -> str:
+    """``guidance w=2`` / ``classifier guidance s=1 (path)`` from the guidance record of sample.json."""
+    parts = []
+    if "scale" in g:
+        parts.append(f"guidance w={g['scale']:g}" + (f" rescale {g['rescale']:g}" if g["rescale"] else ""))
+    if "classifier_scale" in g:
+        parts.append(f"classifier guidance s={g['classifier_scale']:g} ({g['classifier']})")
+    return ", ".join(parts)
