@@ -17,57 +17,17 @@ from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .data import load_dataset
 from .errors import Interrupted, UsageError
-from .generation import Conditioning, class_labels, generate
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
-from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .io.rundir import CKPT_DIR, MetricsLog
-from .metrics.classifier import accuracy_by_timestep
 from .models import build_model, count_parameters
+from .optim import EMA, drop_labels, lr_lambda
 from .progress import progress_bar
 from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state
 from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
+from .snapshots import accuracy_plot, sample_grid
 from .validation import check_training
 
 log = logging.getLogger("diffctl.train")
-
-
-class EMA:
-    """Exponential moving average of parameters, decay warmed up as min(decay, (1 + n) / (10 + n))."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p, p = list(self.model.parameters()), list(model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - d)  # ema <- d * ema + (1 - d) * p
-        for eb, b in zip(self.model.buffers(), model.buffers()):
-            eb.copy_(b)  # buffers (none in our nets today) are copied, never averaged
-
-
-def lr_lambda(optim_cfg: DictConfig, total_steps: int):
-    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio``."""
-
-    def f(step: int) -> float:
-        if step < optim_cfg.warmup_steps:
-            return (step + 1) / optim_cfg.warmup_steps
-        if optim_cfg.decay == "constant":
-            return 1.0
-        progress = (step - optim_cfg.warmup_steps) / max(1, total_steps - optim_cfg.warmup_steps)
-        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return f
-
-
-def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
-    """Classifier-free training: each label becomes the null label with probability ``p``."""
-    drop = torch.rand(len(y), generator=generator).to(y.device) < p
-    return torch.where(drop, torch.full_like(y, null), y)
 
 
 class Trainer:
@@ -245,38 +205,18 @@ class Trainer:
         return global_loss.item(), grad_norm.item(), ok
 
     def snapshot(self) -> Path | None:
-        """A picture of the EMA model at this step: its samples, or a classifier's accuracy against noise (rank 0)."""
+        """A picture of the EMA model at this step in ``samples/`` (rank 0): its samples, or a classifier's
+        test accuracy against noise (also logged)."""
         if not self.dist.main:
             return None
-        return self.accuracy_plot() if self.classifier else self.sample_grid()
-
-    @torch.no_grad()
-    def accuracy_plot(self) -> Path:
-        """Test accuracy of the EMA classifier at 11 timesteps (fixed noise), logged and plotted in ``samples/``."""
-        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, self.cfg.model.sigma_data)
-        acc = accuracy_by_timestep(classify, self.alpha_bar, self.data.test.to(self.device), self.data.test_labels.to(self.device), self.cfg.seed)
+        folder, sigma_data = self.run_dir / "samples", self.cfg.model.sigma_data
+        if not self.classifier:
+            denoise = Denoiser(self.ema.model, self.alpha_bar_dev, self.cfg.model.prediction, sigma_data)
+            return sample_grid(denoise, self.alpha_bar, self.cfg, self.data, self.step, folder, self.device)
+        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, sigma_data)
+        path, acc = accuracy_plot(classify, self.alpha_bar, self.data, self.cfg.seed, self.step, folder, self.device)
         self.metrics.write(step=self.step, test_accuracy={str(t): a for t, a in acc.items()})
-        path = self.run_dir / "samples" / f"accuracy_{self.step:08d}.png"
-        path.parent.mkdir(exist_ok=True)
-        save_accuracy_plot(list(acc), list(acc.values()), path, 1 / self.data.num_classes, title=f"noise-aware classifier, step {self.step}")
         log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
-        return path
-
-    def sample_grid(self) -> Path:
-        """A grid (or scatter plot) of EMA samples at this step, in ``samples/``."""
-        tc = self.cfg.trainer
-        sampler_cfg = self.cfg.sampler
-        denoise = Denoiser(self.ema.model, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
-        cond = Conditioning(class_labels(tc.num_grid, range(self.num_classes)), self.num_classes) if self.num_classes else None
-        samples = generate(denoise, self.alpha_bar, sampler_cfg, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
-                           self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None, cond=cond).samples
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"step_{self.step:08d}.png"
-        if self.data.is_image:
-            save_grid(samples, path)
-        else:
-            save_scatter(samples, path, reference=self.data.test, title=f"step {self.step}")
         return path
 
     def _count_nonfinite(self, ok: bool, loss: float) -> None:

@@ -101,9 +101,9 @@ MUTATIONS = [
              "rhos = torch.tensor([0.5], dtype=b.dtype) if order == 1", "rhos = torch.tensor([1.0], dtype=b.dtype) if order == 1",
              ("tests/test_oracle_samplers.py",)),
     # --- EMA
-    Mutation("EMA weighted the wrong way round", "ema", "diffctl/train.py",
+    Mutation("EMA weighted the wrong way round", "ema", "diffctl/optim.py",
              "torch._foreach_lerp_(ema_p, p, 1 - d)", "torch._foreach_lerp_(ema_p, p, d)", ("tests/test_training.py",)),
-    Mutation("EMA without warm-up", "ema", "diffctl/train.py",
+    Mutation("EMA without warm-up", "ema", "diffctl/optim.py",
              "d = min(self.decay, (1 + self.updates) / (10 + self.updates))", "d = self.decay", ("tests/test_training.py",)),
     # --- likelihood
     Mutation("decoder variance of the wrong step", "likelihood", "diffctl/core/likelihood.py",

@@ -11,7 +11,7 @@ from diffctl.core.samplers import SAMPLERS
 from diffctl.core.schedules import make_alpha_bar
 from diffctl.data import load_dataset
 from diffctl.generation import Conditioning, class_labels, generate
-from diffctl.train import drop_labels
+from diffctl.optim import drop_labels
 
 
 def _sampler(name: str, spacing: str = "trailing"):

@@ -10,7 +10,7 @@ from conftest import make_trainer
 
 from diffctl.core.schedules import make_alpha_bar
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
-from diffctl.train import EMA
+from diffctl.optim import EMA
 
 
 @pytest.mark.parametrize("prediction,sigma_data", [("eps", 1.0), ("x0", 1.0), ("v", 1.0), ("v", 0.5)])
