@@ -27,7 +27,7 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
     cond = gen.conditioning
     if cond is not None and cond.known is not None:
-        files["inpaint"] = str(save_inpaint_grid(cond.known, cond.mask, samples, run_dir / "inpaint.png"))
+        files["inpaint_grid"] = str(save_inpaint_grid(cond.known, cond.mask, samples, run_dir / "inpaint.png"))
         info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample}
         kept = (samples - cond.known).abs().mul(cond.mask).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)

@@ -271,6 +271,8 @@ def test_class_conditional_training_guided_sampling_and_inpainting(diffctl, cli)
     inp = diffctl("sample", f"ckpt={train}", "steps=4", "num_samples=4", "inpaint.image=5", "inpaint.mask=center", "inpaint.resample=2")
     folder = run_folder(inp)
     assert (folder / "inpaint.png").exists() and "known pixels changed by at most 0" in inp.stdout + inp.stderr
+    record = json.loads((folder / "sample.json").read_text())  # the settings and the picture, neither hiding the other
+    assert record["inpaint"] == {"image": 5, "mask": "center", "resample": 2} and record["inpaint_grid"] == str(folder / "inpaint.png")
     images = np.load(folder / "samples.npz")["images"][..., 0].astype(int)
     assert (images[:, :2, :] == images[0, :2, :]).all()  # the rows outside the centre hole are the same known pixels in every sample
 
