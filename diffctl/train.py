@@ -70,7 +70,7 @@ class Trainer:
         self.loss = LOSSES.build(cfg.loss)
         # the (wrapped) network behind the preconditioning that sampling and evaluation use too
         self.preconditioned = (NoisyClassifier(self.forward, self.alpha_bar_dev, cfg.model.sigma_data) if self.classifier
-                          else Denoiser(self.forward, self.alpha_bar_dev, cfg.model.prediction, cfg.model.sigma_data))
+                               else Denoiser(self.forward, self.alpha_bar_dev, cfg.model.prediction, cfg.model.sigma_data))
         if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim

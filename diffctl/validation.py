@@ -1,6 +1,7 @@
 """Checks of a composed config that Hydra's typed schemas cannot make: fixed choices, numeric
 ranges, finite numbers, required groups and keys added with ``+``.  ``validate`` raises
-ValueError with one line naming what is allowed; the CLI prints it and exits 2.
+ValueError with one line naming what is allowed; the CLI prints it and exits 2.  ``check_training``
+checks what a training run needs of its dataset, device and processes, once they are known.
 """
 
 from __future__ import annotations
