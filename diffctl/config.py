@@ -23,6 +23,7 @@ from .core.losses import LOSSES
 from .core.samplers import SAMPLERS
 from .core.schedules import SCHEDULES
 from .data import DATASETS
+from .loggers import LOGGERS
 from .models import MODELS
 
 
@@ -59,9 +60,14 @@ class LossBase:
     name: str = "simple"
 
 
+@dataclass
+class LoggerBase:
+    name: str = "csv"
+
+
 # group -> (registry of its choices, shared fields)
 GROUPS = {"dataset": (DATASETS, DatasetBase), "model": (MODELS, ModelBase), "schedule": (SCHEDULES, ScheduleBase),
-          "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase)}
+          "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase), "logger": (LOGGERS, LoggerBase)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,6 +95,8 @@ class TrainerConfig:
     ckpt_every: int = 1000  # checkpoint cadence in steps (a final one is always written)
     keep_last: int = 3  # checkpoints kept in checkpoints/
     log_every: int = 50  # metrics.jsonl cadence
+    eval_every: int = 250  # held-out loss (a fixed test batch at fixed noise) at the log lines of these steps; 0 disables
+    eval_batch: int = 256  # test items in that fixed batch
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
@@ -128,6 +136,7 @@ class TrainConfig:
     trainer: Any = None
     optim: Any = None
     paths: Any = None
+    logger: Any = None  # logger=tensorboard | csv | none, or several: logger=[tensorboard,csv]
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     task: str = "diffusion"  # diffusion | classifier: a noise-aware classifier of the dataset's classes, for guidance.classifier=

@@ -19,6 +19,7 @@ from .data import load_dataset
 from .errors import Interrupted, UsageError
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.rundir import CKPT_DIR, MetricsLog
+from .loggers import Loggers
 from .models import build_model, count_parameters
 from .optim import EMA, drop_labels, lr_lambda
 from .progress import progress_bar
@@ -83,7 +84,9 @@ class Trainer:
         self.nonfinite = 0  # non-finite steps in a row
         self.branch = 0  # which history of this run folder the step is on (a resume from an older checkpoint or with a new lr starts one)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.loggers = Loggers(None, self.run_dir, 0, "")  # fit() opens the chosen ones (rank 0), once it knows its first step
         self.ckpt_dir = self.run_dir / CKPT_DIR
+        self._heldout_batch = None
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -212,12 +215,39 @@ class Trainer:
         folder, sigma_data = self.run_dir / "samples", self.cfg.model.sigma_data
         if not self.classifier:
             denoise = Denoiser(self.ema.model, self.alpha_bar_dev, self.cfg.model.prediction, sigma_data)
-            return sample_grid(denoise, self.alpha_bar, self.cfg, self.data, self.step, folder, self.device)
-        classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, sigma_data)
-        path, acc = accuracy_plot(classify, self.alpha_bar, self.data, self.cfg.seed, self.step, folder, self.device)
-        self.metrics.write(step=self.step, test_accuracy={str(t): a for t, a in acc.items()})
-        log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
+            path = sample_grid(denoise, self.alpha_bar, self.cfg, self.data, self.step, folder, self.device)
+        else:
+            classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, sigma_data)
+            path, acc = accuracy_plot(classify, self.alpha_bar, self.data, self.cfg.seed, self.step, folder, self.device)
+            self.metrics.write(step=self.step, test_accuracy={str(t): a for t, a in acc.items()})
+            log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
+        self.loggers.image(self.step, "samples" if not self.classifier else "test_accuracy", path)
         return path
+
+    @torch.no_grad()
+    def heldout_loss(self) -> float:
+        """The training objective of the current network on a fixed batch of the test split (``trainer.eval_batch``
+        items) at fixed noise levels and noise: the same batch every time, drawn from a generator of its own, so the
+        run's own draws (and a resume's bit-exactness) are untouched.  Every rank computes it (no collective)."""
+        if self._heldout_batch is None:
+            g = torch.Generator().manual_seed(self.cfg.seed + 1)
+            n = min(len(self.data.test), self.cfg.trainer.eval_batch)
+            idx = torch.randperm(len(self.data.test), generator=g)[:n]
+            sigma, noise = self.loss.sigmas(n, self.alpha_bar, generator=g), torch.randn((n, *self.data.shape), generator=g)
+            labels = self.data.test_labels[idx].to(self.device) if self.classifier or self.num_classes else None
+            self._heldout_batch = (self.data.test[idx].to(self.device), sigma.to(self.device), noise.to(self.device), labels)
+        x0, sigma, noise, y = self._heldout_batch
+        self.net.eval()  # no dropout; the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
+        try:
+            with autocast(self.device, self.precision):
+                if self.classifier:
+                    loss = NoisyClassifier(self.net, self.alpha_bar_dev, self.cfg.model.sigma_data).loss(x0, y, sigma, noise)
+                else:
+                    denoiser = Denoiser(self.net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
+                    loss = denoiser.loss(x0, sigma, noise, self.loss.weight, y)
+        finally:
+            self.net.train()
+        return loss.float().mean().item()
 
     def _count_nonfinite(self, ok: bool, loss: float) -> None:
         """Stop after ``trainer.max_nonfinite`` skipped (non-finite) steps in a row, naming the step."""
@@ -247,7 +277,9 @@ class Trainer:
                  self.precision, self.device,
                  f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.world > 1 else "",
                  self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")
-        t0, logged_loss = time.perf_counter(), float("nan")
+        if self.dist.main:
+            self.loggers = Loggers(self.cfg.get("logger"), self.run_dir, self.step, OmegaConf.to_yaml(self.cfg))
+        t0, logged_loss, heldout = time.perf_counter(), float("nan"), None
         window_t0, window_steps, start_step = t0, 0, self.step
         with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:
             while self.step < tc.steps:
@@ -258,15 +290,19 @@ class Trainer:
                     self.window.append(loss)
                 advance(loss=loss)
                 if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
-                    now = time.perf_counter()
                     logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
+                    rate = round(window_steps * tc.batch_size / max(time.perf_counter() - window_t0, 1e-9), 1)
+                    record = {"loss": logged_loss if self.window else None, "lr": self.sched.get_last_lr()[0],
+                              "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "img_per_s": rate}
+                    if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
+                        record["heldout_loss"] = heldout = self.heldout_loss()
                     if self.dist.main:
-                        rate = round(window_steps * tc.batch_size / max(now - window_t0, 1e-9), 1)
-                        self.metrics.write(step=self.step, loss=logged_loss if self.window else None, lr=self.sched.get_last_lr()[0],
-                                           grad_norm=grad_norm if math.isfinite(grad_norm) else None, img_per_s=rate)
+                        self.metrics.write(step=self.step, **record)
+                        self.loggers.scalars(self.step, {**record, "branch": self.branch})
                         if not sys.stderr.isatty():  # no progress bar (a batch job's log): a line per log_every instead
-                            log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s", self.step, tc.steps, logged_loss, self.sched.get_last_lr()[0], rate)
-                    self.window, window_t0, window_steps = [], now, 0
+                            log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s%s", self.step, tc.steps, logged_loss, record["lr"], rate,
+                                     f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else "")
+                    self.window, window_t0, window_steps = [], time.perf_counter(), 0
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
@@ -285,10 +321,11 @@ class Trainer:
         seconds = time.perf_counter() - t0
         path = self.save()
         grid = self.snapshot()
+        self.loggers.close()
         log.info("done: %d steps in %.1fs, final loss %.4f (mean of the last logged steps); checkpoint %s; samples %s",
                  self.step - start_step, seconds, logged_loss, path, grid)
-        return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "checkpoint": str(path), "grid": str(grid),
-                "objective": logged_loss}
+        return {"steps": self.step, "seconds": seconds, "final_loss": logged_loss, "heldout_loss": heldout, "checkpoint": str(path),
+                "grid": str(grid), "objective": heldout if heldout is not None else logged_loss}
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -296,6 +333,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         return trainer.fit()
     finally:
+        trainer.loggers.close()  # also when the run fails or stops: what the loggers buffered reaches the disk
         if trainer.dist.world > 1:
             import torch.distributed as dist
 

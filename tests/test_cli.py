@@ -26,6 +26,7 @@ def test_train_help_lists_groups_and_options(diffctl):
     assert "model: mlp, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
+    assert "logger: csv, none, tensorboard" in out
     assert "sampler: ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun, unipc" in out
     assert "schema" not in out  # schemas are not user-facing options
 
@@ -352,16 +353,16 @@ def test_local_parallel_sweep_through_the_joblib_launcher(diffctl):
 
 
 @pytest.mark.slow
-def test_optuna_sweeper_preset_minimises_the_final_loss(diffctl):
+def test_optuna_sweeper_preset_minimises_the_heldout_loss(diffctl):
     import yaml
 
     diffctl("train", "-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=3", *TINY_TRAIN, "trainer.sample_every=0")
     sweep = next((diffctl.root / "train" / "multirun").glob("*/*"))
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    finals = {}  # each trial's objective: the loss of its last metrics line
+    finals = {}  # each trial's objective: the held-out loss of its last metrics line
     for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
         records = [json.loads(l) for l in (job / "metrics.jsonl").read_text().splitlines()]
-        finals[job.name] = records[-1]["loss"]
+        finals[job.name] = records[-1]["heldout_loss"]
     assert len(finals) == 3 and len(set(finals.values())) == 3  # three trials with different learning rates
     assert best["best_value"] == pytest.approx(min(finals.values()), rel=1e-9)
     winner = min(finals, key=finals.get)
