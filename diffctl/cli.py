@@ -45,6 +45,9 @@ def _runner(command: str) -> Callable:
     return fn
 
 
+LAST_RUNS: list[Path] = []  # the run folders of this process's commands, in order (diffctl.train returns the last)
+
+
 def hydra_app(command: str) -> Callable[[], None]:
     """A real ``@hydra.main`` application for ``command``."""
     import hydra
@@ -97,6 +100,7 @@ def hydra_app(command: str) -> Callable[[], None]:
             record()
         if _rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
+        LAST_RUNS.append(run_dir)
         return summary.get("objective")  # what a Hydra sweeper (optuna) minimises
 
     return app

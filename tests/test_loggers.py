@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, logged_losses, make_trainer, run_folder
+
 from diffctl.core.schedules import make_alpha_bar
 
 

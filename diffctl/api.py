@@ -1,0 +1,147 @@
+"""diffctl from Python (a notebook, a script): the same code as the command line.
+
+    import diffctl
+    folder = diffctl.train(["model=unet_tiny", "trainer.steps=200"])   # runs `diffctl train ...`, returns the run folder
+    run = diffctl.load(folder)                  # a run folder, a checkpoint file, "latest", or "oracle" with dataset=
+    x = run.sample(16, sampler="unipc", steps=10, classes=None, seed=0)  # [16, C, H, W] in [-1, 1]
+    run.denoiser(x_noisy, sigma)                # D(x, sigma) -> x0_hat, the one preconditioned denoiser
+    run.config                                  # the training run's resolved config
+    diffctl.schedules.get("cosine", 1000)       # alpha_bar [T] of a registered schedule
+
+Every request is composed and validated as the CLI does it (Hydra configs, the same one-line errors,
+raised here as ``diffctl.errors.UsageError``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from .errors import UsageError
+
+
+def _compose(command: str, overrides: Sequence[str]) -> DictConfig:
+    """A command's config as the CLI composes it, validated."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import register_schemas
+    from .overrides import quote_overrides
+    from .validation import validate
+
+    GlobalHydra.instance().clear()
+    register_schemas()
+    try:
+        with initialize_config_module("diffctl.configs", version_base="1.3"):
+            cfg = compose(command, overrides=quote_overrides(list(overrides)))
+        validate(cfg)
+    except Exception as e:  # Hydra's and OmegaConf's errors, our ValueErrors: one line, as the CLI prints it
+        from .cli import _one_line
+
+        raise UsageError(_one_line(e)) from None
+    return cfg
+
+
+def _value(v) -> str:
+    """A Python value as a Hydra override value."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "null" if v is None else str(v)
+
+
+class Run:
+    """A trained model (or the exact oracle) to sample from and look into; made by ``diffctl.load``."""
+
+    def __init__(self, ckpt: str, overrides: Sequence[str], device: str):
+        from .runtime import load_source, resolve_device
+
+        self._base = [f"ckpt={ckpt}", f"device={device}", *overrides]
+        cfg = _compose("sample", self._base)
+        self.device = resolve_device(cfg.device)
+        self.source = load_source(cfg, self.device)
+
+    @property
+    def denoiser(self):
+        """D(x, sigma, cond=None) -> x0_hat in the scaled variable x = x0 + sigma eps (``core.diffusion.Denoiser``)."""
+        return self.source.denoise
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        return self.source.alpha_bar
+
+    @property
+    def data(self):
+        """The dataset the model was trained on (``diffctl.data.Dataset``: train / test tensors, shape, levels, labels)."""
+        return self.source.data
+
+    @property
+    def checkpoint(self) -> Optional[Path]:
+        return Path(self.source.info["checkpoint"]) if "checkpoint" in self.source.info else None
+
+    @property
+    def step(self) -> Optional[int]:
+        return self.source.info.get("checkpoint_step")
+
+    @property
+    def config(self) -> Optional[DictConfig]:
+        """The training run's resolved config (None for the oracle)."""
+        if self.checkpoint is None:
+            return None
+        from .io.checkpoint import inert_config, load_checkpoint
+
+        return inert_config(load_checkpoint(self.checkpoint)["config"])
+
+    def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50, classes=None, guidance: float = 1.0, seed: int = 0,
+               batch_size: int = 256, overrides: Sequence[str] = ()) -> torch.Tensor:
+        """``n`` samples ``[n, ...]`` (float32, CPU), as ``diffctl sample`` makes them: image i depends only on seed + i.
+
+        ``classes``: ``"all"``, a class or a list of them (a class-conditional model, or with
+        ``overrides=["guidance.classifier=<run>"]``); ``guidance``: classifier-free guidance scale w;
+        ``overrides``: any other sample option, e.g. ``["sampler.spacing=karras", "sampler.eta=1"]``.
+        """
+        from .steering import generate_from_config
+
+        cfg = _compose("sample", [*self._base, f"sampler={sampler}", f"steps={steps}", f"num_samples={n}", f"seed={seed}",
+                                  f"batch_size={batch_size}", f"classes={_value(classes)}", f"guidance.scale={guidance}", *overrides])
+        return generate_from_config(self.source, cfg, self.device, cfg.steps).samples
+
+    def __repr__(self) -> str:
+        return f"Run({self.source.describe()})"
+
+
+def load(what: str | Path = "latest", *, ema: bool = True, device: str = "auto", overrides: Sequence[str] = ()) -> Run:
+    """A run folder, a checkpoint file, ``"latest"`` (under ``paths.output_root`` / $DIFFCTL_OUTPUT_ROOT), or
+    ``"oracle"`` with ``overrides=["dataset=gmm"]``: the exact denoiser of a Gaussian mixture."""
+    return Run(str(what), [f"ema={_value(ema)}", *overrides], device)
+
+
+def train(overrides: Sequence[str] = ()) -> Path:
+    """Run ``diffctl train <overrides>`` in this process and return its run folder (the last one of a ``-m`` sweep)."""
+    from .cli import LAST_RUNS, run_command
+
+    LAST_RUNS.clear()
+    code = run_command("train", list(overrides))
+    if code or not LAST_RUNS:
+        raise UsageError(f"diffctl train {' '.join(overrides)} failed (exit {code}); its message is above")
+    return LAST_RUNS[-1]
+
+
+class schedules:
+    """``diffctl.schedules.get(name, timesteps, **constants)``: alpha_bar ``[T]`` (float64) of a registered schedule."""
+
+    @staticmethod
+    def get(name: str, timesteps: int = 1000, zero_terminal_snr: bool = False, **constants) -> torch.Tensor:
+        from .core.schedules import make_alpha_bar
+
+        return make_alpha_bar(name, timesteps, zero_terminal_snr, **constants)
+
+    @staticmethod
+    def names() -> tuple:
+        from .core.schedules import SCHEDULES
+
+        return SCHEDULES.names()
