@@ -88,14 +88,15 @@ def option_schema(group: str, name: str) -> type:
 @dataclass
 class TrainerConfig:
     steps: int = 2500  # optimisation steps
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: what one optimisation step sees, over all processes and micro-batches
+    accumulate: int = 1  # split each process's batch into this many micro-batches (gradient accumulation: less memory, the same step)
     precision: str = "auto"  # auto (bf16 where supported, CPU too) | bf16 | fp16 (GradScaler) | fp32
     ema_decay: float = 0.999  # EMA of weights, with warm-up min(decay, (1+n)/(10+n))
     grad_clip: float = 1.0  # max global gradient norm (0 disables)
     ckpt_every: int = 1000  # checkpoint cadence in steps (a final one is always written)
     keep_last: int = 3  # checkpoints kept in checkpoints/
     log_every: int = 50  # metrics.jsonl cadence
-    eval_every: int = 250  # held-out loss (a fixed test batch at fixed noise) at the log lines of these steps; 0 disables
+    eval_every: int = 250  # held-out loss (a fixed test batch at fixed noise) at the log lines of these steps and the last; 0 disables
     eval_batch: int = 256  # test items in that fixed batch
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -65,7 +66,7 @@ class Trainer:
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.trainer.compile:
             self.forward = torch.compile(self.forward)
         self.loss = LOSSES.build(cfg.loss)
@@ -161,7 +162,8 @@ class Trainer:
 
         Every rank of a torchrun job draws the same global batch (indices, noise levels, noise, flips,
         dropped labels) from the same generators and trains on its own contiguous share of it, so N
-        processes follow the trajectory of one process with the same global batch."""
+        processes follow the trajectory of one process with the same global batch.  ``trainer.accumulate``
+        splits each share into micro-batches whose gradients add up to the share's: less memory, the same step."""
         n = self.cfg.trainer.batch_size
         idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
         sigma = self.loss.sigmas(n, self.alpha_bar, generator=self.gen).to(self.device)
@@ -177,13 +179,22 @@ class Trainer:
             y = y[share] if y is not None else None
         if self.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            if self.classifier:
-                loss = self.preconditioned.loss(x0, self.train_y[idx], sigma, noise).mean()
-            else:
-                loss = self.preconditioned.loss(x0, sigma, noise, self.loss.weight, y).mean()
+        y = self.train_y[idx] if self.classifier else y
         self.opt.zero_grad(set_to_none=True)
-        global_loss = loss.detach().float()
+        global_loss = torch.zeros((), device=self.device)
+        parts = torch.arange(len(x0), device=self.device).tensor_split(self.cfg.trainer.accumulate)
+        for i, part in enumerate(parts):  # trainer.accumulate micro-batches, gradients summed: the same step as one batch
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last or self.dist.world == 1 else self.ddp.no_sync():  # DDP: all-reduce once, at the last
+                with autocast(self.device, self.precision):
+                    yp = y[part] if y is not None else None
+                    if self.classifier:
+                        per_item = self.preconditioned.loss(x0[part], yp, sigma[part], noise[part])
+                    else:
+                        per_item = self.preconditioned.loss(x0[part], sigma[part], noise[part], self.loss.weight, yp)
+                    loss = per_item.mean() * (len(part) / len(x0))  # this share of the batch mean
+                self.scaler.scale(loss).backward()
+            global_loss += loss.detach().float()
         if self.dist.world > 1:  # every rank decides on the same (global) loss
             import torch.distributed as dist
 
@@ -191,7 +202,6 @@ class Trainer:
             global_loss /= self.dist.world
         grad_norm, ok = torch.tensor(float("nan")), bool(torch.isfinite(global_loss))
         if ok:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
             clip = self.cfg.trainer.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))

@@ -26,7 +26,7 @@ CHOICES = {
 # Numeric bounds, by dotted key: (lowest allowed, whether the bound itself is allowed).
 BOUNDS = {
     "trainer.steps": (1, True), "trainer.batch_size": (1, True), "trainer.keep_last": (0, True),
-    "trainer.log_every": (0, True), "trainer.eval_every": (0, True), "trainer.eval_batch": (1, True), "trainer.ckpt_every": (0, True), "trainer.sample_every": (0, True),
+    "trainer.log_every": (0, True), "trainer.eval_every": (0, True), "trainer.accumulate": (1, True), "trainer.eval_batch": (1, True), "trainer.ckpt_every": (0, True), "trainer.sample_every": (0, True),
     "trainer.sample_steps": (1, True), "trainer.num_grid": (1, True), "trainer.ema_decay": (0, True), "trainer.grad_clip": (0, True),
     "optim.lr": (0, False), "optim.warmup_steps": (0, True), "schedule.timesteps": (2, True),
     "num_samples": (1, True), "batch_size": (1, True), "rows": (2, True),
@@ -45,7 +45,7 @@ BOUNDS = {
 # catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
 UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.cond_drop_prob": 1, "guidance.rescale": 1,
          "model.dropout": 0.99, "optim.beta1": 0.9999, "optim.beta2": 0.99999, "optim.min_lr_ratio": 1,
-         "optim.lr": 10, "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.eval_batch": 2**16, "trainer.sample_steps": 10**5,
+         "optim.lr": 10, "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.eval_batch": 2**16, "trainer.accumulate": 4096, "trainer.sample_steps": 10**5,
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
          "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000}
@@ -146,8 +146,10 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     tc = cfg.trainer
-    if tc.eval_every and (not tc.log_every or tc.eval_every % tc.log_every):
+    if tc.eval_every and tc.log_every and tc.eval_every % tc.log_every:
         raise UsageError(f"trainer.eval_every={tc.eval_every}: the held-out loss is written with the log lines, so it must be a multiple "
-                         f"of trainer.log_every={tc.log_every} (or 0 to disable it)")
-    if cfg.trainer.batch_size % world:
-        raise UsageError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must be divisible by the {world} processes")
+                         f"of trainer.log_every={tc.log_every} (or 0 to disable it; with log_every=0 it is taken at the last step only)")
+    if tc.batch_size % world:
+        raise UsageError(f"trainer.batch_size={tc.batch_size} is the global batch: it must be divisible by the {world} processes")
+    if tc.accumulate > tc.batch_size // world:
+        raise UsageError(f"trainer.accumulate={tc.accumulate}: each process's batch of {tc.batch_size // world} cannot make that many micro-batches")

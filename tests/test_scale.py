@@ -18,15 +18,16 @@ from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
 @pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_path):
-    # torchrun with 2 CPU processes and global batch 8 (4 each), stopped after 3 steps and resumed to 6, against one
-    # process with batch 8 for 6 steps (constant LR after warm-up, so the schedule does not depend on the total)
+    # torchrun with 2 CPU processes and global batch 8 (4 each, in 2 accumulated micro-batches of 2: DDP's no_sync),
+    # stopped after 3 steps and resumed to 6, against one process with batch 8 for 6 steps (constant LR after warm-up,
+    # so the schedule does not depend on the total)
     args = [*SMALL, "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.precision=fp32", "model.num_classes=10", "optim.decay=constant"]
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffctl", "train"]
     one = subprocess.run([sys.executable, "-m", "diffctl", "train", *args, "trainer.steps=6", f"hydra.run.dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([*torchrun, *args, "trainer.steps=3"], capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run([*torchrun, *args, "trainer.accumulate=2", "trainer.steps=3"], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr
     folders = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(folders) == 1 and two.stdout.count("run folder:") == 1  # one run folder, written by rank 0 only

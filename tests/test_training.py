@@ -172,3 +172,22 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_and_samples_with_its
     with pytest.raises(UsageError, match=r"it was trained with loss.sigma_data=0.5 \(now None\)"):
         make_trainer(edm, "loss=edm", "trainer.steps=4").fit()
     assert load_trained(path, torch.device("cpu")).step == 2
+
+
+@pytest.mark.parametrize("accumulate", [2, 3])
+def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(tmp_path, accumulate):
+    """trainer.accumulate=k splits the same global batch (same draws) into k micro-batches: 64 = 2 x 32 (or
+    22 + 21 + 21) gives the losses and weights of one batch of 64, to float rounding."""
+    def fit(folder, k):
+        trainer = make_trainer(tmp_path / folder, "trainer.precision=fp32", "trainer.batch_size=64", f"trainer.accumulate={k}",
+                               "trainer.steps=3", "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.eval_every=0")
+        trainer.fit()
+        return trainer
+
+    one, split = fit("one", 1), fit("split", accumulate)
+    from conftest import logged_losses
+
+    for a, b in zip(logged_losses(tmp_path / "one"), logged_losses(tmp_path / "split")):
+        assert a[0] == b[0] and a[1] == pytest.approx(b[1], rel=1e-5) and a[3] == pytest.approx(b[3], rel=1e-4)
+    for (name, p), q in zip(one.net.state_dict().items(), split.net.state_dict().values()):
+        assert torch.allclose(p, q, atol=2e-6, rtol=1e-4), name
