@@ -29,6 +29,7 @@ COMMANDS = {
     "sample": ("sample", "Sample from ckpt=<file|run|latest>."),
     "eval": ("eval", "Metrics of a checkpoint, with floors."),
     "inspect-schedule": ("inspect_schedule", "Table and curves of a noise schedule."),
+    "export": ("export", "Weights as safetensors + JSON config."),
 }
 
 
@@ -40,6 +41,8 @@ def _runner(command: str) -> Callable:
         from .sample import run_sample as fn
     elif command == "eval":
         from .evaluate import run_eval as fn
+    elif command == "export":
+        from .export import run_export as fn
     else:
         from .inspect import run_inspect as fn
     return fn

@@ -198,6 +198,14 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    paths: Any = None
+    ckpt: str = "latest"  # checkpoint file | run folder | latest
+    ema: bool = True  # export the EMA weights (false: the raw ones)
+    format: str = "safetensors"  # model.safetensors + diffctl.json
+
+
+@dataclass
 class InspectConfig:
     schedule: Any = None
     dataset: Any = None  # the image noised in the forward-process strip
@@ -212,7 +220,7 @@ class InspectConfig:
 def _schemas() -> dict:
     out = {f"schema_{group}_{name}": option_schema(group, name) for group, (registry, _) in GROUPS.items() for name in registry}
     out.update({"schema_trainer": TrainerConfig, "schema_optim_adamw": AdamWConfig, "schema_paths": PathsConfig, "schema_train": TrainConfig,
-                "schema_sample": SampleConfig, "schema_eval": EvalConfig, "schema_inspect_schedule": InspectConfig})
+                "schema_sample": SampleConfig, "schema_eval": EvalConfig, "schema_export": ExportConfig, "schema_inspect_schedule": InspectConfig})
     return out
 
 

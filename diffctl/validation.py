@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .config import GROUPS, EvalConfig, InspectConfig, SampleConfig, TrainConfig
+from .config import GROUPS, EvalConfig, ExportConfig, InspectConfig, SampleConfig, TrainConfig
 from .core.diffusion import PREDICTIONS
 from .core.schedules import SPACINGS
 
@@ -20,6 +20,7 @@ CHOICES = {
     "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
     "task": ("diffusion", "classifier"),
+    "format": ("safetensors",),
 }
 
 
@@ -70,7 +71,7 @@ def validate(cfg: DictConfig) -> None:
                 raise ValueError(f"unknown key {group}.{extra[0]}; {group} ({schema.__name__}) has: {', '.join(allowed)}")
     required = {TrainConfig: ("dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "paths"),
                 SampleConfig: ("sampler", "paths"), EvalConfig: ("sampler", "paths"),
-                InspectConfig: ("schedule", "dataset", "sampler", "paths")}.get(OmegaConf.get_type(cfg), ())
+                InspectConfig: ("schedule", "dataset", "sampler", "paths"), ExportConfig: ("paths",)}.get(OmegaConf.get_type(cfg), ())
     for group in required:
         if cfg.get(group) is None:
             raise ValueError(f"{group} is required here (it was removed); choose one of its options: {group}=<option>")

@@ -54,7 +54,7 @@ def diffctl(tmp_path, cache_dir):
         env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
         env.pop("HYDRA_FULL_ERROR", None)
         cmd = [sys.executable, "-m", "diffctl", *args]
-        if args and args[0] in ("train", "sample", "eval", "inspect-schedule") and "--help" not in args and "--cfg" not in args:
+        if args and args[0] in ("train", "sample", "eval", "inspect-schedule", "export") and "--help" not in args and "--cfg" not in args:
             cmd.append(f"paths.cache_dir={cache_dir}")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd or tmp_path, timeout=600)
         if check and proc.returncode != 0:

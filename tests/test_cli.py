@@ -14,7 +14,7 @@ from conftest import TINY_TRAIN, assert_one_line_error, run_folder
 
 def test_top_level_help_lists_the_commands(diffctl):
     out = diffctl("--help").stdout
-    for cmd in ("train", "sample", "eval", "inspect-schedule"):
+    for cmd in ("train", "sample", "eval", "inspect-schedule", "export"):
         assert cmd in out
     assert "diffctl 0." in diffctl("--version").stdout
 

@@ -23,6 +23,7 @@ from ..errors import UsageError
 
 FORMAT = "diffctl-checkpoint"
 VERSION = 1
+EXPORT_FORMAT, EXPORT_WEIGHTS, EXPORT_CONFIG = "diffctl-export", "model.safetensors", "diffctl.json"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -87,8 +88,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a diffctl checkpoint safely; a truncated, corrupt or foreign file is a UsageError."""
+    """Load a diffctl checkpoint safely (or an export: its folder or its .safetensors file); a truncated, corrupt
+    or foreign file is a UsageError."""
     path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        return load_export(path if path.is_dir() else path.parent)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle it then refuses: the error below says it all
             warnings.simplefilter("ignore")
@@ -164,3 +168,46 @@ def prune_checkpoints(folder: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` checkpoints."""
     for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
+
+
+# --- exports: weights that leave diffctl ---------------------------------------------------------
+def save_export(folder: Path, state: dict, ema: bool = True) -> tuple[Path, Path]:
+    """A trained checkpoint's weights (the EMA's unless ``ema`` is False) as ``model.safetensors``, beside
+    ``diffctl.json``: the training config, data shape, classes, pixel levels and step, from which diffctl (or
+    anyone reading docs/architecture.md) rebuilds the network.  No optimiser state, nothing pickled."""
+    import json
+
+    from safetensors.torch import save_file
+
+    which = "ema" if ema and state.get("ema") is not None else "model"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, meta = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
+    save_file({k: v.contiguous() for k, v in state[which].items()}, str(weights), metadata={"format": EXPORT_FORMAT, "weights": which})
+    record = {"format": EXPORT_FORMAT, "version": VERSION, "step": state["step"], "weights": which, "config": state["config"],
+              "data_shape": state["data_shape"], "num_classes": state.get("num_classes", 0), "data_levels": state.get("data_levels")}
+    meta.write_text(json.dumps(record, indent=2) + "\n")
+    return weights, meta
+
+
+def load_export(folder: Path) -> dict:
+    """An export folder as a checkpoint state that ``load_trained`` reads (its weights as ``model``)."""
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta = Path(folder) / EXPORT_WEIGHTS, Path(folder) / EXPORT_CONFIG
+    if not weights.is_file() or not meta.is_file():
+        raise UsageError(f"{folder} is not a diffctl export (it needs {EXPORT_WEIGHTS} and {EXPORT_CONFIG}; make one with diffctl export)")
+    try:
+        record = json.loads(meta.read_text())
+        if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+            raise UsageError(f"{meta} is not a diffctl export record")
+        if record.get("version", 0) > VERSION:
+            raise UsageError(f"{folder} has export format {record['version']}; this diffctl reads up to {VERSION}: upgrade diffctl")
+        model = load_file(str(weights))
+    except (ValueError, OSError, SafetensorError) as e:
+        raise UsageError(f"cannot read the export {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return {"format": FORMAT, "version": VERSION, "model": model, "ema": None,
+            **{k: record.get(k) for k in ("step", "config", "data_shape", "num_classes", "data_levels")}}

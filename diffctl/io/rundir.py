@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UsageError
-from .checkpoint import list_checkpoints
+from .checkpoint import EXPORT_WEIGHTS, list_checkpoints
 
 CKPT_DIR = "checkpoints"
 ABANDONED = "abandoned"  # a run folder's branches that a resume from an older checkpoint left behind
@@ -134,12 +134,14 @@ def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", task: st
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    if path.is_dir() and (path / EXPORT_WEIGHTS).is_file():  # a diffctl export (diffctl export)
+        return path
     if path.is_dir():
         ckpts = list_checkpoints(path / CKPT_DIR) or list_checkpoints(path)
         if not ckpts:
             raise UsageError(f"{key}={spec}: no checkpoints in this folder (expected {CKPT_DIR}/step_*.pt)")
         return ckpts[-1]
-    raise UsageError(f"{key}={spec}: no such file or folder (give a checkpoint file, a run folder or 'latest')")
+    raise UsageError(f"{key}={spec}: no such file or folder (give a checkpoint file, a run folder, an export folder or 'latest')")
 
 
 class MetricsLog:
