@@ -254,42 +254,34 @@ for _name, (_, _help) in COMMANDS.items():
     _register_stub(_name, _help)
 
 
-@app.command(help="List run folders, newest first.")
-def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_ROOT or ./outputs")) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .io.checkpoint import list_checkpoints
-    from .io.rundir import CKPT_DIR, run_task
-
-    root = output_root if output_root is not None else os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs")
+def _output_root(option: str | None, command: str) -> Path:
+    root = option if option is not None else os.environ.get("DIFFCTL_OUTPUT_ROOT", "outputs")
     if not root.strip():
-        print("diffctl runs: error: the output root is empty (--output-root or DIFFCTL_OUTPUT_ROOT); give the folder of the run folders", file=sys.stderr)
+        print(f"diffctl {command}: error: the output root is empty (--output-root or DIFFCTL_OUTPUT_ROOT); give the folder of the run folders",
+              file=sys.stderr)
         raise SystemExit(2)
-    root = Path(root)
-    rows = []
-    found = [p for p in root.glob("*/**/config.yaml") if p.parent.name != ".hydra"]
-    for cfg in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
-        folder = cfg.parent
-        names = {p.name for p in folder.iterdir()}
-        holds = [k for k in ("FAILED", "samples", "grid.png", "metrics.json", "schedule.png") if k in names]
-        ckpts = list_checkpoints(folder / CKPT_DIR)
-        if ckpts:
-            holds.insert(1 if "FAILED" in names else 0, f"checkpoint step {int(ckpts[-1].stem.split('_')[1])}")
-        command = folder.relative_to(root).parts[0]
-        task = run_task(folder) if command == "train" else "diffusion"
-        if task != "diffusion":
-            command += f" ({task})"
-        rows.append((command, str(folder), ", ".join(holds)))
-    if not sys.stdout.isatty():  # piped or logged: whole paths, one run per line, tab-separated
-        for row in rows:
-            print("\t".join(row))
-        return
-    table = Table("command", "run folder", "holds")
-    table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    return Path(root)
+
+
+@app.command(help="List run folders, newest first: overrides, step, losses, latest eval.")
+def runs(output_root: str = typer.Option(None, help="Default: $DIFFCTL_OUTPUT_ROOT or ./outputs")) -> None:
+    from .runs import print_runs
+
+    print_runs(_output_root(output_root, "runs"))
+
+
+@app.command(help="Loss curves and eval numbers of several runs in one PNG.")
+def compare(folders: list[Path] = typer.Argument(..., help="Run folders (train runs)"),
+            out: Path = typer.Option(Path("compare.png"), help="Where the PNG goes"),
+            output_root: str = typer.Option(None, help="Where eval runs are looked for; default: $DIFFCTL_OUTPUT_ROOT or ./outputs")) -> None:
+    from .runs import compare as draw
+
+    try:
+        path = draw(folders, out, _output_root(output_root, "compare"))
+    except (FileNotFoundError, OSError) as e:
+        print(f"diffctl compare: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"compare: {path}")
 
 
 def main() -> None:

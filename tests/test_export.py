@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import torch
-
 from conftest import TINY_TRAIN, assert_one_line_error, run_folder
+
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
 

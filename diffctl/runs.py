@@ -1,0 +1,161 @@
+"""``diffctl runs`` and ``diffctl compare``: what each run folder holds, what tells runs apart, and their
+curves and metrics side by side."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .io.checkpoint import list_checkpoints
+from .io.rundir import CKPT_DIR, run_task
+
+IGNORED = ("hydra.", "paths.", "resume", "device")  # overrides that do not change what a run is
+
+
+def overrides(folder: Path) -> list[str]:
+    """The command-line overrides a run was started with (Hydra's record), but those of paths and devices."""
+    try:
+        items = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in items if isinstance(o, str) and not o.lstrip("+~").startswith(IGNORED)]
+
+
+def _records(folder: Path) -> list[dict]:
+    try:
+        lines = (folder / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def _metrics(folder: Path) -> dict:
+    try:
+        report = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _summary(report: dict) -> str:
+    """``fd_ref 11.4, test_loss 0.136``: the headline numbers of an eval report."""
+    parts = []
+    for name in ("fd_ref", "swd", "test_loss", "vlb", "fid"):
+        value = report.get("metrics", {}).get(name, {}).get("value")
+        if isinstance(value, (int, float)):
+            parts.append(f"{name} {value:.4g}")
+    return ", ".join(parts)
+
+
+def _evaluations(folders: list[Path]) -> dict:
+    """train run folder -> the newest eval report of one of its checkpoints, among ``folders`` (newest first)."""
+    evals = {}
+    for folder in folders:
+        ckpt = _metrics(folder).get("checkpoint")
+        if isinstance(ckpt, str):
+            evals.setdefault(Path(ckpt).parent.parent.resolve(), _metrics(folder))
+    return evals
+
+
+def _row(folder: Path, root: Path, evals: dict) -> dict:
+    names = {p.name for p in folder.iterdir()}
+    holds = [k for k in ("FAILED", "samples", "grid.png", "metrics.json", "schedule.png", "model.safetensors") if k in names]
+    command = folder.relative_to(root).parts[0] if folder.is_relative_to(root) else "?"
+    if command == "train" and run_task(folder) != "diffusion":
+        command += f" ({run_task(folder)})"
+    ckpts = list_checkpoints(folder / CKPT_DIR)
+    records = [r for r in _records(folder) if "event" not in r]
+    last = lambda key: next((r[key] for r in reversed(records) if isinstance(r.get(key), (int, float))), None)
+    report = _metrics(folder) if command == "eval" else evals.get(folder.resolve(), {})
+    return {"command": command, "folder": folder, "overrides": overrides(folder), "step": int(ckpts[-1].stem.split("_")[1]) if ckpts else None,
+            "loss": last("loss"), "heldout": last("heldout_loss"), "eval": _summary(report), "holds": holds, "records": records}
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Every run folder under ``root`` (single runs and sweep jobs), newest first."""
+    found = (p.parent for p in Path(root).glob("*/**/config.yaml") if p.parent.name != ".hydra")
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def describe(root: Path) -> list[dict]:
+    """Every run under ``root``, newest first: command, folder, distinguishing overrides, last checkpoint step,
+    last training and held-out loss, the latest evaluation of its checkpoints (train runs), what it holds."""
+    folders = run_folders(root)
+    evals = _evaluations(folders)
+    return [_row(folder, Path(root), evals) for folder in folders]
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_runs(root: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("command", "run folder", "overrides", "step", "loss", "held-out", "eval", "holds")
+    rows = [(r["command"], str(r["folder"]), " ".join(r["overrides"]), _fmt(r["step"]), _fmt(r["loss"]), _fmt(r["heldout"]), r["eval"],
+             ", ".join(r["holds"])) for r in describe(root)]
+    if not sys.stdout.isatty():  # piped or logged: whole paths, one run per line, tab-separated, a header first
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(*columns)
+    table.columns[1].overflow = "fold"  # the path is what users copy: never truncate it
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def compare(folders: list[Path], out: Path, root: Path) -> Path:
+    """One PNG: the training (solid) and held-out (dashed) loss curves of ``folders``, and their latest eval
+    numbers (from the eval runs under ``root``); each run is labelled by the overrides that tell it apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = _evaluations(run_folders(root))
+    runs = []
+    for folder in map(Path, folders):
+        if not (folder / "config.yaml").is_file():
+            raise FileNotFoundError(f"{folder} is not a run folder (it has no config.yaml)")
+        runs.append(_row(folder, Path(root), evals))
+    shared = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
+    labels = [" ".join(o for o in r["overrides"] if o not in shared) or r["folder"].name for r in runs]
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
+    for label, run, color in zip(labels, runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+        steps = [(r["step"], r["loss"]) for r in run["records"] if isinstance(r.get("loss"), (int, float))]
+        held = [(r["step"], r["heldout_loss"]) for r in run["records"] if isinstance(r.get("heldout_loss"), (int, float))]
+        if steps:
+            curves.plot(*zip(*steps), color=color, label=label)
+        if held:
+            curves.plot(*zip(*held), color=color, ls="--", marker="o", ms=3)
+    curves.set_yscale("log")
+    curves.set_xlabel("step")
+    curves.set_ylabel("loss (solid: training, dashed: held-out)")
+    curves.grid(alpha=0.3, which="both")
+    curves.legend(fontsize=8)
+    evals = [r["eval"] for r in runs]
+    bars.axis("off")
+    bars.set_title("latest evaluation")
+    bars.text(0, 1, "\n\n".join(f"{label}:\n  {e or 'not evaluated'}" for label, e in zip(labels, evals)), va="top", family="monospace", fontsize=8,
+              transform=bars.transAxes)
+    fig.suptitle(f"{len(runs)} runs" + (f"; shared: {' '.join(sorted(shared))}" if shared else ""), fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
