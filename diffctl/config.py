@@ -202,7 +202,7 @@ class ExportConfig:
     paths: Any = None
     ckpt: str = "latest"  # checkpoint file | run folder | latest
     ema: bool = True  # export the EMA weights (false: the raw ones)
-    format: str = "safetensors"  # model.safetensors + diffctl.json
+    format: str = "safetensors"  # model.safetensors + diffctl.json | diffusers: a DDPMPipeline folder (model=diffusers_unet runs)
 
 
 @dataclass

@@ -1,14 +1,21 @@
-"""``diffctl export``: a trained checkpoint's weights as safetensors plus the JSON config that rebuilds the
-network, for use outside diffctl (and by diffctl again: ``ckpt=<export folder>``)."""
+"""``diffctl export``: a trained checkpoint's weights for use outside diffctl (and by diffctl again:
+``ckpt=<export folder>``).
+
+``format=safetensors``: ``model.safetensors`` plus ``diffctl.json``, the config that rebuilds the network.
+``format=diffusers``: a diffusers ``DDPMPipeline`` folder (``unet/``, ``scheduler/`` with the schedule's
+betas written out, ``model_index.json``) of a ``model=diffusers_unet`` run, plus the same ``diffctl.json``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .io.checkpoint import TRAINED, load_checkpoint, require, save_export
+from .errors import UsageError
+from .io.checkpoint import EXPORT_CONFIG, TRAINED, load_checkpoint, require, save_export
 from .io.rundir import resolve_checkpoint
 
 log = logging.getLogger("diffctl.export")
@@ -19,6 +26,23 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
     state = load_checkpoint(ckpt)
     require(state, ckpt, TRAINED)
     weights, meta = save_export(run_dir, state, cfg.ema)
-    log.info("exported %s (step %d, %s weights) as %s and %s; sample it with: diffctl sample ckpt=%s", ckpt, state["step"],
-             "EMA" if cfg.ema and state.get("ema") is not None else "raw", weights.name, meta.name, run_dir)
-    return {"checkpoint": str(ckpt), "weights": str(weights), "config": str(meta)}
+    written = [weights, meta]
+    if cfg.format == "diffusers":
+        import torch
+
+        from .models.diffusers_unet import save_pipeline_folder
+        from .runtime import load_trained
+
+        model = state["config"].get("model", {})
+        if model.get("arch") != "diffusers_unet" or model.get("sigma_data", 1.0) != 1.0:
+            raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet (and model.sigma_data=1); "
+                             f"{ckpt} is a model.arch={model.get('arch')} run")
+        trained = load_trained(ckpt, torch.device("cpu"), ema=cfg.ema)
+        weights.unlink()  # the weights live in unet/ now; diffctl.json stays as the record of the run
+        save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction)
+        record = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**record, "weights": f"{record['weights']} (unet/)"}, indent=2) + "\n")
+        written = [run_dir / "unet", run_dir / "scheduler", run_dir / "model_index.json", meta]
+    log.info("exported %s (step %d, %s weights) as %s; sample it with: diffctl sample ckpt=%s", ckpt, state["step"],
+             "EMA" if cfg.ema and state.get("ema") is not None else "raw", ", ".join(p.name for p in written), run_dir)
+    return {"checkpoint": str(ckpt), "files": [str(p) for p in written], "config": str(run_dir / EXPORT_CONFIG)}

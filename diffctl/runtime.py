@@ -120,6 +120,8 @@ class Source:
     num_classes: int = 0  # > 0: denoise(x, sigma, y) takes class labels; label num_classes is the null label
 
     def describe(self) -> str:
+        if self.info.get("format") == "diffusers":
+            return f"the diffusers folder {self.info['checkpoint']} (step {self.info['checkpoint_step']})"
         if "checkpoint" in self.info:
             return f"{self.info['checkpoint']} (step {self.info['checkpoint_step']}, {'EMA' if self.info['ema'] else 'raw'} weights)"
         return f"the exact denoiser of dataset={self.info['dataset']} on schedule {self.info['schedule']}"
@@ -140,8 +142,12 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
         schedule = cfg.schedule if cfg.get("schedule") is not None else load_option("schedule", "linear")
         return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name},
                       num_classes=data.oracle.num_classes)
+    from .models.diffusers_unet import is_pipeline_folder
+
+    if is_pipeline_folder(Path(str(cfg.ckpt)).expanduser()):
+        return _diffusers_source(cfg, Path(str(cfg.ckpt)).expanduser(), device)
     if cfg.get("dataset") is not None or cfg.get("schedule") is not None:
-        raise UsageError("dataset= and schedule= apply to ckpt=oracle only; a checkpoint brings its own")
+        raise UsageError("dataset= and schedule= apply to ckpt=oracle only (and dataset= to a diffusers folder); a checkpoint brings its own")
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     trained = load_trained(ckpt, device, ema=cfg.ema)
     data = load_dataset(trained.cfg.dataset)
@@ -152,6 +158,37 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, model.prediction,
                   model.num_classes)
+
+
+def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:
+    """A diffusers pipeline folder: its UNet2DModel, scheduler and prediction type; the data it models comes from
+    ``dataset=``, or from the diffctl.json of a diffctl export, and sampling alone needs none (8-bit pixels assumed)."""
+    import json
+
+    from .data import Dataset, load_dataset
+    from .io.checkpoint import EXPORT_CONFIG, inert_config
+    from .models.diffusers_unet import load_pipeline_folder
+
+    if cfg.get("schedule") is not None:
+        raise UsageError("schedule= applies to ckpt=oracle only; a diffusers folder brings its scheduler")
+    net, alpha_bar, prediction = load_pipeline_folder(folder)
+    record = json.loads((folder / EXPORT_CONFIG).read_text()) if (folder / EXPORT_CONFIG).is_file() else {}
+    unet = net.unet.config
+    shape = (unet.in_channels, unet.sample_size, unet.sample_size)
+    if cfg.get("dataset") is not None:
+        data = load_dataset(cfg.dataset)
+    elif isinstance(record.get("config"), dict) and "dataset" in record["config"]:
+        data = load_dataset(inert_config(record["config"]).dataset)
+    elif cfg.get("metrics") is not None:
+        raise UsageError(f"ckpt={folder}: a diffusers folder does not say what data it models; eval needs dataset=<that data>")
+    else:
+        empty = torch.zeros((0, *shape))
+        data = Dataset(name="unknown (diffusers folder)", train=empty, test=empty, levels=256)
+    if tuple(data.shape) != shape:
+        raise UsageError(f"ckpt={folder}: its UNet makes {list(shape)} images; dataset={data.name} has items of shape {list(data.shape)}")
+    return Source(Denoiser(net.to(device), alpha_bar.to(device), prediction), alpha_bar, data,
+                  {"checkpoint": str(folder), "checkpoint_step": record.get("step"), "ema": str(record.get("weights", "")).startswith("ema"),
+                   "format": "diffusers"}, net, prediction, net.num_classes)
 
 
 @dataclass

@@ -20,7 +20,7 @@ CHOICES = {
     "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
     "task": ("diffusion", "classifier"),
-    "format": ("safetensors",),
+    "format": ("safetensors", "diffusers"),
 }
 
 

@@ -23,7 +23,7 @@ def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
     assert "dataset: celeba, cifar10, digits, digits_gmm, fashion_mnist, folder, gmm, mnist, mnist5k, moons, swiss_roll" in out
     assert "experiment: ddpm_cifar10, edm_cifar10, iddpm_cifar10" in out
-    assert "model: mlp, unet_base, unet_small, unet_tiny" in out
+    assert "model: diffusers_unet, mlp, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
     assert "logger: csv, none, tensorboard" in out
@@ -152,7 +152,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "schedule=nope"], "available options in 'schedule': cosine, edm, linear, scaled_linear, sigmoid"),
-    (["train", "model=unet_huge"], "available options in 'model': mlp, unet_base, unet_small, unet_tiny"),
+    (["train", "model=unet_huge"], "available options in 'model': diffusers_unet, mlp, unet_base, unet_small, unet_tiny"),
     (["train", "trainer.steps=abc"], "trainer.steps=abc"),
     (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
     (["train", "+model.foo=1"], "unknown key model.foo"),
@@ -165,7 +165,7 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["sample", "model=unet_small"], "this command has no 'model' config group"),
     (["sample", "ckpt=oracle"], "ckpt=oracle needs dataset=gmm or dataset=digits_gmm"),
     (["sample", "ckpt=oracle", "dataset=moons"], "dataset=moons has no closed-form denoiser"),
-    (["train", "model=oracle"], "Could not find 'model/oracle'; available options in 'model': mlp, unet_base"),
+    (["train", "model=oracle"], "Could not find 'model/oracle'; available options in 'model': diffusers_unet, mlp, unet_base"),
     (["eval", "ckpt=oracle", "dataset=gmm", "samplers=[heun,nope]"], "samplers: unknown sampler 'nope'"),
     (["eval", "ckpt=oracle", "dataset=gmm", "steps=[5,0]"], "steps=[5, 0] is out of range"),
     (["sample", "batch_size=0"], "batch_size=0 is out of range; it must be >= 1"),

@@ -46,7 +46,7 @@ def test_group_options_are_the_documented_names():
     assert options("dataset") == ["celeba", "cifar10", "digits", "digits_gmm", "fashion_mnist", "folder", "gmm", "mnist", "mnist5k",
                                   "moons", "swiss_roll"]
     assert options("experiment") == ["ddpm_cifar10", "edm_cifar10", "iddpm_cifar10"]
-    assert options("model") == ["mlp", "unet_base", "unet_small", "unet_tiny"]
+    assert options("model") == ["diffusers_unet", "mlp", "unet_base", "unet_small", "unet_tiny"]
     assert options("schedule") == ["cosine", "edm", "linear", "scaled_linear", "sigmoid"]
     assert options("sampler") == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
     assert options("loss") == ["edm", "min_snr", "simple"]

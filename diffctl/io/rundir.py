@@ -134,7 +134,7 @@ def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", task: st
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    if path.is_dir() and (path / EXPORT_WEIGHTS).is_file():  # a diffctl export (diffctl export)
+    if path.is_dir() and ((path / EXPORT_WEIGHTS).is_file() or (path / "unet" / "config.json").is_file()):  # an export, a diffusers folder
         return path
     if path.is_dir():
         ckpts = list_checkpoints(path / CKPT_DIR) or list_checkpoints(path)

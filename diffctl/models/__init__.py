@@ -11,12 +11,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.registry import Registry
+from .diffusers_unet import DiffusersUNet
 from .mlp import MLP
 from .unet import UNet
 
 MODELS = Registry("model", key="arch")
 MODELS.register("unet")(UNet)
 MODELS.register("mlp")(MLP)
+MODELS.register("diffusers_unet")(DiffusersUNet)
 
 
 def build_model(model_cfg, data_shape, classify: int = 0) -> nn.Module:
