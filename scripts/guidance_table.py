@@ -37,8 +37,9 @@ def main() -> None:
         m, g = r["metrics"], r["guidance"]
         acc, fd, pr = m.get("cond_acc"), m.get("fd_ref"), m.get("prdc_ref")
         rows.append({"w": g[kind], "rescale": g.get("rescale", 0), "acc": acc, "fd": fd, "pr": pr})
-        lines.append(f"| {g[kind]:g} | {r.get('classifier_nfe', 0) if kind == 'classifier_scale' else g['rescale']:g} | {r['nfe']} | {pm(acc) if acc else ''} | "
-                     f"{pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {pr['recall']:.3f} ± {pr['errors']['recall']:.3f} |" if pr else "")
+        recall = f"{pr['recall']:.3f} ± {pr['errors']['recall']:.3f}" if pr else ""
+        second_value = r.get("classifier_nfe", 0) if kind == "classifier_scale" else g.get("rescale", 0)
+        lines.append(f"| {g[kind]:g} | {second_value:g} | {r['nfe']} | {pm(acc) if acc else ''} | {pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {recall} |")
     first = reports[0]["metrics"]
     floors = []
     if "cond_acc" in first:
@@ -62,11 +63,11 @@ def main() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
     for ax, key, part, title in ((axes[0], "acc", "value", "conditional accuracy"), (axes[1], "fd", "value", "fd_ref (lower is better)"),
                                  (axes[2], "pr", None, "precision / recall")):
-        if part is None:
+        if part is None and all(r["pr"] for r in plain):
             for name in ("precision", "recall"):
                 ax.errorbar(w, [r["pr"][name] for r in plain], yerr=[r["pr"]["errors"][name] for r in plain], marker="o", capsize=3, label=name)
             ax.legend()
-        elif all(r[key] for r in plain):
+        elif part is not None and all(r[key] for r in plain):
             ax.errorbar(w, [r[key]["value"] for r in plain], yerr=[r[key].get("err") or 0 for r in plain], marker="o", capsize=3)
             ax.axhline(plain[0][key]["floor"], color="gray", ls="--", label="real vs real")
             ax.legend()
