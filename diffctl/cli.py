@@ -132,6 +132,9 @@ def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
         (run_dir / "FAILED").write_text(f"diffctl {command} failed: {reason}\n")
 
 
+PLUGIN_EXTRAS = {"submitit": "slurm", "joblib": "sweeps", "optuna": "optuna"}  # Hydra plugin -> the diffctl extra that installs it
+
+
 def _one_line(err: BaseException) -> str:
     """Collapse a Hydra / OmegaConf / diffctl error into one readable line."""
     parts = []
@@ -149,6 +152,10 @@ def _one_line(err: BaseException) -> str:
     text = re.sub(r"\b\w+ raised while resolving interpolation: ", "", "; ".join(parts))  # our own error inside a resolver
     # a group this command does not have (sample model=...): Hydra's hint to append it with + would only fail later
     text = re.sub(r"Could not override '([\w.]+)'\. No match in the defaults list\.(; To append .*)?", r"this command has no '\1' config group", text)
+    plugin = re.search(r"Could not load 'hydra/(?:launcher|sweeper)/(\w+)'", text)  # a preset whose Hydra plugin is not installed
+    extra = next((e for key, e in PLUGIN_EXTRAS.items() if plugin and key in plugin.group(1)), None)
+    if extra:
+        text = text.rstrip(". ") + f"; its Hydra plugin is not installed: pip install 'diffctl[{extra}]'"
     if "Available options in" in text:  # Hydra lists options one per line: join them with commas
         head, _, opts = text.partition("Available options in")
         name, _, opts = opts.partition(":")

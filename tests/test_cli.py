@@ -367,3 +367,12 @@ def test_optuna_sweeper_preset_minimises_the_heldout_loss(diffctl):
     assert best["best_value"] == pytest.approx(min(finals.values()), rel=1e-9)
     winner = min(finals, key=finals.get)
     assert yaml.safe_load((sweep / winner / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(best["best_params"]["optim.lr"])
+
+
+def test_a_preset_whose_plugin_is_missing_names_the_extra_to_install(cli):
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        pytest.skip("hydra-submitit-launcher is installed here")
+    assert_one_line_error(cli("train", "-m", "hydra/launcher=slurm", "trainer.steps=2"), "train",
+                          "Could not load 'hydra/launcher/submitit_slurm'; its Hydra plugin is not installed: pip install 'diffctl[slurm]'")
