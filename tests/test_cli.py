@@ -376,3 +376,12 @@ def test_a_preset_whose_plugin_is_missing_names_the_extra_to_install(cli):
         pytest.skip("hydra-submitit-launcher is installed here")
     assert_one_line_error(cli("train", "-m", "hydra/launcher=slurm", "trainer.steps=2"), "train",
                           "Could not load 'hydra/launcher/submitit_slurm'; its Hydra plugin is not installed: pip install 'diffctl[slurm]'")
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_a_whole_sentence(cli, tmp_path):
+    """torch's long weights-only message was cut mid-word ("... Re-running `torch.)"): the error keeps its first sentence."""
+    (tmp_path / "notes.pt").write_text("# my notes\n\nnot a checkpoint\n")
+    code, out, err = cli("sample", f"ckpt={tmp_path / 'notes.pt'}")
+    assert_one_line_error((code, out, err), "sample", "not a valid diffctl checkpoint")
+    line = err.strip()
+    assert line.endswith((")", "checkpoint")) and "Re-running" not in line and "`" not in line, line

@@ -100,8 +100,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise UsageError(f"checkpoint not found: {path}") from None
     except Exception as e:  # truncated zip, pickle with code, not a torch file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        detail = f" ({first[:160]})" if len(first) > 12 else ""  # skip bare codes such as an unpickler's byte value
+        first = re.split(r"(?<=[a-z)])\. ", str(e).strip().splitlines()[0])[0].rstrip(".") if str(e).strip() else ""  # its first sentence
+        if len(first) > 160:  # whole words, never a cut one
+            first = first[:160].rsplit(" ", 1)[0] + " ..."
+        detail = f" ({first})" if len(first) > 12 else ""  # skip bare codes such as an unpickler's byte value
         raise UsageError(f"cannot read checkpoint {path}: not a valid diffctl checkpoint{detail}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"{path} is not a diffctl checkpoint")
