@@ -8,7 +8,6 @@ betas written out, ``model_index.json``) of a ``model=diffusers_unet`` run, plus
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,8 +24,7 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     state = load_checkpoint(ckpt)
     require(state, ckpt, TRAINED)
-    weights, meta = save_export(run_dir, state, cfg.ema)
-    written = [weights, meta]
+    written = []
     if cfg.format == "diffusers":
         import torch
 
@@ -38,11 +36,9 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
             raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet (and model.sigma_data=1); "
                              f"{ckpt} is a model.arch={model.get('arch')} run")
         trained = load_trained(ckpt, torch.device("cpu"), ema=cfg.ema)
-        weights.unlink()  # the weights live in unet/ now; diffctl.json stays as the record of the run
         save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction)
-        record = json.loads(meta.read_text())
-        meta.write_text(json.dumps({**record, "weights": f"{record['weights']} (unet/)"}, indent=2) + "\n")
-        written = [run_dir / "unet", run_dir / "scheduler", run_dir / "model_index.json", meta]
+        written = [run_dir / "unet", run_dir / "scheduler", run_dir / "model_index.json"]
+    written += save_export(run_dir, state, cfg.ema, weights_elsewhere=" (unet/)" if written else "")
     log.info("exported %s (step %d, %s weights) as %s; sample it with: diffctl sample ckpt=%s", ckpt, state["step"],
              "EMA" if cfg.ema and state.get("ema") is not None else "raw", ", ".join(p.name for p in written), run_dir)
     return {"checkpoint": str(ckpt), "files": [str(p) for p in written], "config": str(run_dir / EXPORT_CONFIG)}

@@ -55,6 +55,8 @@ def test_a_diffusers_export_loads_in_diffusers_and_samples_as_its_checkpoint(dif
 
     run = run_folder(diffctl("train", *TINY_DIFFUSERS))
     export = run_folder(diffctl("export", f"ckpt={run}", "format=diffusers"))
+    assert not (export / "model.safetensors").exists()  # the weights are the pipeline's unet/; diffctl.json records the run
+    assert json.loads((export / "diffctl.json").read_text())["weights"] == "ema (unet/)"
     ckpt = list_checkpoints(run / "checkpoints")[-1]
     ours = load_trained(ckpt, torch.device("cpu")).net
     theirs = UNet2DModel.from_pretrained(str(export / "unet")).eval()  # diffusers' own loader

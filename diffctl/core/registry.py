@@ -10,7 +10,6 @@ the step count of a sampler).
 
 from __future__ import annotations
 
-import inspect
 import typing
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -62,10 +61,12 @@ class Registry:
         """The config fields of ``name``: ``{parameter: (type, default)}`` of its keyword-only parameters."""
         self[name]
         fn = self._functions[name]
-        target = fn.__init__ if inspect.isclass(fn) else fn
-        hints = typing.get_type_hints(target)
-        return {p.name: (hints.get(p.name, Any), p.default) for p in inspect.signature(fn).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in self.inputs}
+        fn = fn.__init__ if isinstance(fn, type) else fn
+        while hasattr(fn, "__wrapped__"):  # decorated (torch.no_grad): the function itself
+            fn = fn.__wrapped__
+        code, defaults, hints = fn.__code__, fn.__kwdefaults__ or {}, typing.get_type_hints(fn)
+        names = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]  # the keyword-only parameters
+        return {k: (hints.get(k, Any), defaults[k]) for k in names if k not in self.inputs}
 
     def values(self, cfg: Mapping) -> dict:
         """The config's values of the options of its choice ``cfg[key]``; an option the config lacks (one

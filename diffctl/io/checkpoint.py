@@ -173,10 +173,12 @@ def prune_checkpoints(folder: Path, keep_last: int) -> None:
 
 
 # --- exports: weights that leave diffctl ---------------------------------------------------------
-def save_export(folder: Path, state: dict, ema: bool = True) -> tuple[Path, Path]:
+def save_export(folder: Path, state: dict, ema: bool = True, weights_elsewhere: str = "") -> list[Path]:
     """A trained checkpoint's weights (the EMA's unless ``ema`` is False) as ``model.safetensors``, beside
     ``diffctl.json``: the training config, data shape, classes, pixel levels and step, from which diffctl (or
-    anyone reading docs/architecture.md) rebuilds the network.  No optimiser state, nothing pickled."""
+    anyone reading docs/architecture.md) rebuilds the network.  No optimiser state, nothing pickled.
+    ``weights_elsewhere``: the caller writes the weights in another format (named in the record) and only
+    the record is written here.  Returns the files written."""
     import json
 
     from safetensors.torch import save_file
@@ -185,11 +187,13 @@ def save_export(folder: Path, state: dict, ema: bool = True) -> tuple[Path, Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights, meta = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
-    save_file({k: v.contiguous() for k, v in state[which].items()}, str(weights), metadata={"format": EXPORT_FORMAT, "weights": which})
-    record = {"format": EXPORT_FORMAT, "version": VERSION, "step": state["step"], "weights": which, "config": state["config"],
-              "data_shape": state["data_shape"], "num_classes": state.get("num_classes", 0), "data_levels": state.get("data_levels")}
+    if not weights_elsewhere:
+        save_file({k: v.contiguous() for k, v in state[which].items()}, str(weights), metadata={"format": EXPORT_FORMAT, "weights": which})
+    record = {"format": EXPORT_FORMAT, "version": VERSION, "step": state["step"], "weights": f"{which}{weights_elsewhere}",
+              "config": state["config"], "data_shape": state["data_shape"], "num_classes": state.get("num_classes", 0),
+              "data_levels": state.get("data_levels")}
     meta.write_text(json.dumps(record, indent=2) + "\n")
-    return weights, meta
+    return [meta] if weights_elsewhere else [weights, meta]
 
 
 def load_export(folder: Path) -> dict:
