@@ -129,9 +129,17 @@ class Generated:
     classifier_nfe: int  # classifier gradients per image
     timesteps: list  # the visited training timesteps
     seconds: float
-    labels: Optional[torch.Tensor] = None  # [N] the requested class of each image (class-steered generation)
-    guidance: Optional[dict] = None  # Conditioning.guidance() of class-steered generation
     conditioning: Optional[Conditioning] = None  # what steered it (None: nothing)
+
+    @property
+    def labels(self) -> Optional[torch.Tensor]:
+        """[N] the requested class of each image (class-steered generation), else None."""
+        return self.conditioning.labels if self.conditioning is not None else None
+
+    @property
+    def guidance(self) -> Optional[dict]:
+        """``Conditioning.guidance()`` of class-steered generation, else None."""
+        return self.conditioning.guidance() if self.labels is not None else None
 
     def record(self) -> dict:
         """The fields that sample.json records: sampler, steps, spacing, clip, nfe, classifier_nfe, timesteps,
@@ -188,11 +196,9 @@ def generate(
             x = SAMPLERS.build(sampler_cfg, counted, x, sigmas, noise=noise, callback=callback)
         out.append(x.float().cpu())
         calls = counted.calls
-    class_steered = cond is not None and cond.labels is not None
     return Generated(
         samples=torch.cat(out),
         sampler=f"repaint (ddpm, resample {cond.resample})" if repainting else sampler_cfg.name,
         steps=steps, spacing=sampler_cfg.spacing, clip=clip,
         nfe=calls * (cond.passes if cond else 1), classifier_nfe=calls * (cond.classifier_passes if cond else 0),
-        timesteps=visited_timesteps(sigmas, alpha_bar), seconds=time.perf_counter() - t0,
-        labels=cond.labels if class_steered else None, guidance=cond.guidance() if class_steered else None, conditioning=cond)
+        timesteps=visited_timesteps(sigmas, alpha_bar), seconds=time.perf_counter() - t0, conditioning=cond)

@@ -62,9 +62,9 @@ def _evaluations(folders: list[Path]) -> dict:
     """train run folder -> the newest eval report of one of its checkpoints, among ``folders`` (newest first)."""
     evals = {}
     for folder in folders:
-        ckpt = _metrics(folder).get("checkpoint")
-        if isinstance(ckpt, str):
-            evals.setdefault(Path(ckpt).parent.parent.resolve(), _metrics(folder))
+        report = _metrics(folder)
+        if isinstance(report.get("checkpoint"), str):
+            evals.setdefault(Path(report["checkpoint"]).parent.parent.resolve(), report)
     return evals
 
 
