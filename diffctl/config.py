@@ -101,7 +101,9 @@ class TrainerConfig:
     sample_every: int = 1000  # sample grid PNG cadence (0 disables; a final grid is always written)
     sample_steps: int = 50  # steps of the config's sampler for those grids
     num_grid: int = 64  # images in each grid
-    compile: bool = False  # torch.compile the network for training (minutes of compilation, then faster steps on GPU)
+    # torch.compile the training step (network + loss): false | true (torch's default mode) | reduce-overhead (CUDA graphs)
+    # | max-autotune | max-autotune-no-cudagraphs; minutes of compilation, then faster steps
+    compile: str = "false"
     channels_last: bool = False  # NHWC memory layout for conv nets (faster convolutions on tensor-core GPUs)
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions for fp32 work
     max_nonfinite: int = 10  # this many non-finite losses / gradients in a row (each step skipped) stop the run

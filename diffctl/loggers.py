@@ -54,7 +54,7 @@ class TensorBoard:
 class CSV:
     """``<run>/metrics.csv``: one row per logged step, a column per number (for a spreadsheet or pandas)."""
 
-    FIELDS = ("step", "branch", "loss", "heldout_loss", "lr", "grad_norm", "img_per_s")
+    FIELDS = ("step", "branch", "loss", "heldout_loss", "lr", "grad_norm", "img_per_s", "skipped")
 
     def __init__(self, run_dir: Path, start_step: int, config_text: str):
         self.path = Path(run_dir) / "metrics.csv"

@@ -11,18 +11,34 @@ from omegaconf import DictConfig
 
 
 class EMA:
-    """Exponential moving average of parameters, decay warmed up as min(decay, (1 + n) / (10 + n))."""
+    """Exponential moving average of parameters, decay warmed up as min(decay, (1 + n) / (10 + n)).
+
+    The count n of updates lives on the model's device, and ``update(model, ok)`` takes the step's
+    verdict as a device tensor: a skipped step leaves the average untouched without the host looking."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        self.decay, self.updates = decay, 0
+        self.decay = decay
+        self._n = torch.zeros((), dtype=torch.long, device=next(model.parameters()).device)
+
+    @property
+    def updates(self) -> int:
+        return int(self._n)
+
+    @updates.setter
+    def updates(self, n: int) -> None:
+        self._n.fill_(n)
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+    def update(self, model: torch.nn.Module, ok: torch.Tensor | None = None) -> None:
+        ok = torch.ones((), dtype=torch.bool, device=self._n.device) if ok is None else ok
+        self._n += ok
+        n = self._n.double()
+        w = ((1 - ((1 + n) / (10 + n)).clamp(max=self.decay)) * ok).float()  # 1 - d, or 0 for a skipped step
         ema_p, p = list(self.model.parameters()), list(model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - d)  # ema <- d * ema + (1 - d) * p
+        step = torch._foreach_sub(p, ema_p)
+        torch._foreach_mul_(step, w)
+        torch._foreach_add_(ema_p, step)  # ema <- ema + (1 - d) (p - ema) = d * ema + (1 - d) * p
         for eb, b in zip(self.model.buffers(), model.buffers()):
             eb.copy_(b)  # buffers (none in our nets today) are copied, never averaged
 
@@ -43,5 +59,5 @@ def lr_lambda(optim_cfg: DictConfig, total_steps: int):
 
 def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
     """Classifier-free training: each label becomes the null label with probability ``p``."""
-    drop = torch.rand(len(y), generator=generator).to(y.device) < p
+    drop = torch.rand(len(y), generator=generator, device=y.device) < p
     return torch.where(drop, torch.full_like(y, null), y)

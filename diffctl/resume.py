@@ -3,6 +3,7 @@ run, the RNG states that make the continuation exact, and stopping on a signal a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
@@ -111,18 +112,25 @@ def continue_run(run_dir: Path, metrics: MetricsLog, step: int, branch: int, cha
     return new
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+def rng_state() -> dict:
+    """The global RNGs (dropout draws from them); a step's data comes from ``step_seed`` instead."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, gen: torch.Generator) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``; a CUDA run resumed on CPU keeps only the CPU state (and a CPU run on CUDA starts CUDA's)."""
     torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s data draws in a run seeded ``seed``: a 64-bit hash of the two, so no two
+    (seed, step) pairs share a stream (CPU generators use its low 32 bits, CUDA's all 64)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest(), "little") >> 1
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -46,6 +46,17 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+COMPILE_MODES = ("false", "true", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value) -> str | None:
+    """torch.compile's mode for ``trainer.compile`` (None: not compiled); true means torch's default mode."""
+    value = str(value).lower()
+    if value not in COMPILE_MODES:
+        raise UsageError(f"trainer.compile={value}: choose from {', '.join(COMPILE_MODES)}")
+    return None if value == "false" else "default" if value == "true" else value
+
+
 def schedule_alpha_bar(schedule_cfg: DictConfig) -> torch.Tensor:
     """alpha_bar ``[T]`` (float64) of a ``schedule`` config group."""
     return make_alpha_bar(schedule_cfg.name, schedule_cfg.timesteps, schedule_cfg.zero_terminal_snr, **SCHEDULES.values(schedule_cfg))

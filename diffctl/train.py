@@ -18,14 +18,15 @@ from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .data import load_dataset
 from .errors import Interrupted, UsageError
+from .health import StepTally, Window, limit_cause, non_finite_message
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.rundir import CKPT_DIR, MetricsLog
 from .loggers import Loggers
 from .models import build_model, count_parameters
 from .optim import EMA, drop_labels, lr_lambda
 from .progress import progress_bar
-from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state
-from .runtime import autocast, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
+from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state, step_seed
+from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
 from .snapshots import accuracy_plot, sample_grid
 from .validation import check_training
 
@@ -48,7 +49,7 @@ class Trainer:
         fast_math(self.device, cfg.trainer.tf32)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # batches and timesteps
+        self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
         self.num_classes = cfg.model.num_classes
@@ -67,8 +68,6 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.trainer.compile:
-            self.forward = torch.compile(self.forward)
         self.loss = LOSSES.build(cfg.loss)
         # the (wrapped) network behind the preconditioning that sampling and evaluation use too
         self.preconditioned = (NoisyClassifier(self.forward, self.alpha_bar_dev, cfg.model.sigma_data) if self.classifier
@@ -76,13 +75,17 @@ class Trainer:
         if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
-        fused = self.device.type == "cuda"
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=fused)
+        # fused: one kernel for the whole update, and it skips a step flagged on the device (found_inf) without a host sync
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o, cfg.trainer.steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
-        self.window: list[float] = []  # losses since the last metrics line (checkpointed: a resumed run logs the same means)
-        self.nonfinite = 0  # non-finite steps in a row
+        # the steps since the host last looked: losses since the last metrics line (checkpointed: a resumed run logs the same
+        # means), skipped steps, non-finite steps in a row; kept on the device, read at log lines, checkpoints and stops
+        self.tally = StepTally(self.device, cfg.trainer.max_nonfinite)
+        self.pending = Window()  # what the host has read of it and not yet logged
+        mode = compile_mode(cfg.trainer.compile)
+        self.micro_loss = self._micro_loss if mode is None else torch.compile(self._micro_loss, mode=mode)
         self.branch = 0  # which history of this run folder the step is on (a resume from an older checkpoint or with a new lr starts one)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.loggers = Loggers(None, self.run_dir, 0, "")  # fit() opens the chosen ones (rank 0), once it knows its first step
@@ -99,18 +102,19 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "lr_scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(self.gen),
+            "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "data_shape": list(self.data.shape),
             "num_classes": self.data.num_classes,
             "data_levels": self.data.levels,  # quantisation levels of the pixels (None: continuous data)
-            "loss_window": list(self.window),
-            "nonfinite": self.nonfinite,
+            "loss_window": {"sum": self.pending.loss_sum, "n": self.pending.applied, "skipped": self.pending.skipped},
+            "nonfinite": self.pending.in_a_row,
             "branch": self.branch,
         }
 
     def save(self) -> Path:
-        """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest); rank 0 writes."""
+        """Checkpoint this step (never non-finite weights: the last good checkpoint stays the newest); rank 0 writes.
+        Call ``look()`` first: the checkpoint holds the window it read."""
         if not all(torch.isfinite(p).all() for p in [*self.net.parameters(), *self.ema.model.parameters()]):
             raise UsageError(f"the weights are not finite at step {self.step}: not checkpointed, the last good checkpoint is kept; "
                              f"{self.recovery()}")
@@ -136,12 +140,15 @@ class Trainer:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["lr_scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"], self.gen)
+            set_rng_state(state["rng"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise UsageError(f"cannot resume from {path}: its state does not fit this config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self.ema.updates = state["ema_updates"]
         self.step = state["step"]
-        self.window, self.nonfinite = list(state.get("loss_window", [])), state.get("nonfinite", 0)
+        window = state.get("loss_window", [])  # {"sum", "n", "skipped"}; a list of the losses in checkpoints before 2026-11-30
+        window = window if isinstance(window, dict) else {"sum": sum(window), "n": len(window)}
+        self.pending = Window(window["sum"], window["n"], window.get("skipped", 0), in_a_row=state.get("nonfinite", 0))
+        self.tally.restore(self.pending.in_a_row)
         self.branch = state.get("branch", 0)
         if "optim.lr" in changed:  # the schedule keeps its shape (warm-up, decay) around the new peak
             lr = self.cfg.optim.lr
@@ -155,67 +162,92 @@ class Trainer:
         return changed
 
     # --- the loop ------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, bool]:
-        """One optimisation step: (loss, gradient norm, whether it was applied).  A non-finite loss or
-        gradient norm skips the update (weights, optimiser and EMA untouched; fp16's GradScaler lowers
-        its scale) but the step still counts, so data order and LR schedule stay those of the run.
+    def draw(self) -> tuple:
+        """This step's global batch (x0, sigma, noise, labels or None), drawn on the device from a generator seeded by
+        (seed, step): a step's data is a function of the run's seed and the step alone, so a resumed run, on any device,
+        draws what the uninterrupted one drew there (each device's generator has its own stream)."""
+        n, g, dev = self.cfg.trainer.batch_size, self.gen, self.device
+        g.manual_seed(step_seed(self.cfg.seed, self.step))
+        idx = torch.randint(0, len(self.train_x), (n,), generator=g, device=dev)
+        sigma = self.loss.sigmas(n, self.alpha_bar_dev, generator=g)
+        x0 = self.train_x[idx]
+        if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
+            flip = torch.rand(n, generator=g, device=dev) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        y = self.train_y[idx] if self.classifier or self.num_classes else None
+        if self.num_classes and not self.classifier:
+            y = drop_labels(y, self.cfg.trainer.cond_drop_prob, self.num_classes, g)
+        return x0, sigma, torch.randn(x0.shape, generator=g, device=dev, dtype=x0.dtype), y
+
+    def _micro_loss(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, y) -> torch.Tensor:
+        """The mean loss of a micro-batch: the network behind the preconditioning, and the loss (what trainer.compile compiles)."""
+        with autocast(self.device, self.precision):
+            if self.classifier:
+                return self.preconditioned.loss(x0, y, sigma, noise).mean()
+            return self.preconditioned.loss(x0, sigma, noise, self.loss.weight, y).mean()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns (loss, gradient norm, whether it was applied) as tensors on the device, and
+        never waits for it.  A non-finite loss or gradient norm skips the update (weights, optimiser and EMA untouched;
+        fp16's GradScaler lowers its scale), decided on the device as GradScaler does: the fused optimiser is told
+        ``found_inf``.  The step still counts, so data order and LR schedule stay those of the run.
 
         Every rank of a torchrun job draws the same global batch (indices, noise levels, noise, flips,
         dropped labels) from the same generators and trains on its own contiguous share of it, so N
         processes follow the trajectory of one process with the same global batch.  ``trainer.accumulate``
         splits each share into micro-batches whose gradients add up to the share's: less memory, the same step."""
-        n = self.cfg.trainer.batch_size
-        idx = torch.randint(0, len(self.train_x), (n,), generator=self.gen).to(self.device)
-        sigma = self.loss.sigmas(n, self.alpha_bar, generator=self.gen).to(self.device)
-        x0 = self.train_x[idx]
-        if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
-            flip = (torch.rand(n, generator=self.gen) < 0.5).to(self.device)
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        y = drop_labels(self.train_y[idx], self.cfg.trainer.cond_drop_prob, self.num_classes, self.gen) if self.num_classes else None
-        noise = torch.randn_like(x0)
+        x0, sigma, noise, y = self.draw()
         if self.dist.world > 1:
+            n = len(x0)
             share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
-            x0, sigma, noise, idx = x0[share], sigma[share], noise[share], idx[share]
-            y = y[share] if y is not None else None
+            x0, sigma, noise, y = x0[share], sigma[share], noise[share], (y[share] if y is not None else None)
         if self.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        y = self.train_y[idx] if self.classifier else y
         self.opt.zero_grad(set_to_none=True)
-        global_loss = torch.zeros((), device=self.device)
-        parts = torch.arange(len(x0), device=self.device).tensor_split(self.cfg.trainer.accumulate)
-        for i, part in enumerate(parts):  # trainer.accumulate micro-batches, gradients summed: the same step as one batch
-            last = i == len(parts) - 1
-            with contextlib.nullcontext() if last or self.dist.world == 1 else self.ddp.no_sync():  # DDP: all-reduce once, at the last
-                with autocast(self.device, self.precision):
-                    yp = y[part] if y is not None else None
-                    if self.classifier:
-                        per_item = self.preconditioned.loss(x0[part], yp, sigma[part], noise[part])
-                    else:
-                        per_item = self.preconditioned.loss(x0[part], sigma[part], noise[part], self.loss.weight, yp)
-                    loss = per_item.mean() * (len(part) / len(x0))  # this share of the batch mean
-                self.scaler.scale(loss).backward()
-            global_loss += loss.detach().float()
+        loss = torch.zeros((), device=self.device)
+        n, k = len(x0), self.cfg.trainer.accumulate
+        bounds = [i * n // k for i in range(k + 1)]
+        for i in range(k):  # trainer.accumulate micro-batches, gradients summed: the same step as one batch
+            part = slice(bounds[i], bounds[i + 1])
+            with contextlib.nullcontext() if i == k - 1 or self.dist.world == 1 else self.ddp.no_sync():  # DDP: all-reduce once, at the last
+                micro = self.micro_loss(x0[part], sigma[part], noise[part], y[part] if y is not None else None) * ((part.stop - part.start) / n)
+                self.scaler.scale(micro).backward()
+            loss += micro.detach().float()
         if self.dist.world > 1:  # every rank decides on the same (global) loss
             import torch.distributed as dist
 
-            dist.all_reduce(global_loss)
-            global_loss /= self.dist.world
-        grad_norm, ok = torch.tensor(float("nan")), bool(torch.isfinite(global_loss))
-        if ok:
-            self.scaler.unscale_(self.opt)
-            clip = self.cfg.trainer.grad_clip
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
-            ok = bool(torch.isfinite(grad_norm))
-            if ok:
-                self.scaler.step(self.opt)
-            self.scaler.update()  # fp16: lowers the scale after an overflow
-        if ok:
-            self.ema.update(self.net)
-        with warnings.catch_warnings():  # a skipped first step: torch warns that the schedule stepped before the optimiser
+            dist.all_reduce(loss)
+            loss /= self.dist.world
+        self.scaler.unscale_(self.opt)  # fp16: the true gradients (an overflow shows as a non-finite norm)
+        clip = self.cfg.trainer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
+        ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        self.opt.found_inf = (~ok).float()  # the fused AdamW leaves weights, moments and step count as they were where set
+        self.opt.step()
+        del self.opt.found_inf
+        self.scaler.update()  # fp16: lowers the scale after an overflow, on the device
+        self.ema.update(self.net, ok)
+        with warnings.catch_warnings():  # torch warns that the schedule stepped before the optimiser (when it cannot tell)
             warnings.simplefilter("ignore", UserWarning)
             self.sched.step()
         self.step += 1
-        return global_loss.item(), grad_norm.item(), ok
+        self.tally.add(self.step, loss, grad_norm, ok)
+        return loss, grad_norm, ok
+
+    def look(self, steps: int) -> Window:
+        """Read what the device tallied over the last ``steps`` steps (the one host synchronisation, at log lines,
+        checkpoints and stops); warns of skipped steps and stops the run after ``trainer.max_nonfinite`` in a row."""
+        w = self.tally.read()
+        self.pending = self.pending.then(w)
+        message = non_finite_message(w, steps, self.step - steps + 1)
+        if message:
+            log.warning("%s (trainer.max_nonfinite=%d)", message, self.cfg.trainer.max_nonfinite)
+        if w.limit_step >= 0:
+            last = list_checkpoints(self.ckpt_dir)  # all before the limit: a checkpoint step looks before it saves
+            kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written"
+            raise UsageError(f"{self.tally.limit} non-finite steps in a row, the last at step {w.limit_step} (non-finite {limit_cause(w)}): "
+                             f"stopped; {kept}. " + (self.recovery() if last else "Start again with a lower optim.lr, trainer.grad_clip or trainer.precision=fp32"))
+        return w
 
     def snapshot(self) -> Path | None:
         """A picture of the EMA model at this step in ``samples/`` (rank 0): its samples, or a classifier's
@@ -259,21 +291,6 @@ class Trainer:
             self.net.train()
         return loss.float().mean().item()
 
-    def _count_nonfinite(self, ok: bool, loss: float) -> None:
-        """Stop after ``trainer.max_nonfinite`` skipped (non-finite) steps in a row, naming the step."""
-        if ok:
-            self.nonfinite = 0
-            return
-        self.nonfinite += 1
-        what = "gradient norm" if math.isfinite(loss) else f"loss ({loss})"
-        limit = self.cfg.trainer.max_nonfinite
-        log.warning("step %d: non-finite %s, update skipped (%d in a row; trainer.max_nonfinite=%d)", self.step, what, self.nonfinite, limit)
-        if self.nonfinite >= limit:
-            last = list_checkpoints(self.ckpt_dir)
-            kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written"
-            raise UsageError(f"{self.nonfinite} non-finite steps in a row, the last at step {self.step} (non-finite {what}): stopped; {kept}. "
-                             + (self.recovery() if last else "Start again with a lower optim.lr, trainer.grad_clip or trainer.precision=fp32"))
-
     def fit(self) -> dict:
         tc = self.cfg.trainer
         resume = resume_path(self.cfg, self.run_dir)
@@ -290,20 +307,30 @@ class Trainer:
         if self.dist.main:
             self.loggers = Loggers(self.cfg.get("logger"), self.run_dir, self.step, OmegaConf.to_yaml(self.cfg))
         t0, logged_loss, heldout = time.perf_counter(), float("nan"), None
-        window_t0, window_steps, start_step = t0, 0, self.step
+        window_t0, window_steps, unread, start_step = t0, 0, 0, self.step
+        every_agree = tc.log_every or 100  # a torchrun job agrees on a stop request here (a collective: the host waits)
         with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:
             while self.step < tc.steps:
-                loss, grad_norm, ok = self.train_step()
-                window_steps += 1
-                self._count_nonfinite(ok, loss)
-                if ok:
-                    self.window.append(loss)
-                advance(loss=loss)
-                if (tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps:
-                    logged_loss = sum(self.window) / len(self.window) if self.window else float("nan")
+                self.train_step()
+                window_steps, unread = window_steps + 1, unread + 1
+                log_now = bool(tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps
+                ckpt_now = bool(tc.ckpt_every and self.step % tc.ckpt_every == 0) and self.step < tc.steps
+                if self.dist.world > 1 and (log_now or ckpt_now or self.step % every_agree == 0):
+                    import torch.distributed as dist  # every rank stops at the same step, whichever received the signal
+
+                    flag = torch.tensor([stop.signum or 0], device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop.signum = int(flag.item()) or None
+                stopping = stop.signum is not None and self.step < tc.steps
+                if log_now or ckpt_now or stopping:  # the host reads the device's tally only here
+                    window = self.look(unread)
+                    unread = 0
+                if log_now:
+                    logged_loss = self.pending.loss if self.pending.applied else float("nan")
                     rate = round(window_steps * tc.batch_size / max(time.perf_counter() - window_t0, 1e-9), 1)
-                    record = {"loss": logged_loss if self.window else None, "lr": self.sched.get_last_lr()[0],
-                              "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "img_per_s": rate}
+                    record = {"loss": self.pending.loss, "lr": self.sched.get_last_lr()[0],
+                              "grad_norm": window.grad_norm if math.isfinite(window.grad_norm) else None, "img_per_s": rate,
+                              "skipped": self.pending.skipped}
                     if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
                         record["heldout_loss"] = heldout = self.heldout_loss()
                     if self.dist.main:
@@ -312,19 +339,15 @@ class Trainer:
                         if not sys.stderr.isatty():  # no progress bar (a batch job's log): a line per log_every instead
                             log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s%s", self.step, tc.steps, logged_loss, record["lr"], rate,
                                      f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else "")
-                    self.window, window_t0, window_steps = [], time.perf_counter(), 0
+                    self.pending = Window(in_a_row=window.in_a_row)
+                    window_t0, window_steps = time.perf_counter(), 0
+                advance(**({"loss": logged_loss} if log_now else {}))
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()
-                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
-                    recent = sum(self.window) / len(self.window) if self.window else logged_loss
+                if ckpt_now:
+                    recent = self.pending.loss if self.pending.applied else logged_loss
                     log.info("step %d: loss %.4f (mean since the last log line), checkpoint %s", self.step, recent, self.save().name)
-                if self.dist.world > 1:  # every rank stops at the same step, whichever received the signal
-                    import torch.distributed as dist
-
-                    flag = torch.tensor([stop.signum or 0], device=self.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop.signum = int(flag.item()) or None
-                if stop.signum is not None and self.step < tc.steps:
+                if stopping:
                     path = self.save()
                     raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {self.step} of {tc.steps}; checkpoint {path}. "
                                       f"Resume with: diffctl train resume={self.run_dir}", 128 + stop.signum)

@@ -222,7 +222,7 @@ def test_non_finite_gradients_are_skipped_and_non_finite_weights_never_checkpoin
             before.update({k: v.clone() for k, v in trainer.net.state_dict().items()})
         out = original()
         if trainer.step == 3:
-            assert out[2] is False and all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
+            assert not out[2] and all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
         return out
 
     trainer.train_step = step
@@ -243,7 +243,7 @@ def test_grad_scaler_overflow_skips_steps_and_lowers_the_scale(tmp_path):
     hook = trainer.net.stem.weight.register_hook(lambda g: g * float("inf") if trainer.step < 3 else g)
     trainer.fit()
     hook.remove()
-    assert trainer.scaler.get_scale() == 2.0**13 and trainer.ema.updates == 5 and trainer.nonfinite == 0
+    assert trainer.scaler.get_scale() == 2.0**13 and trainer.ema.updates == 5 and trainer.pending.in_a_row == 0
     assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
 
 

@@ -56,14 +56,14 @@ def weight_edm(sigma: torch.Tensor, denoiser) -> torch.Tensor:
 
 
 def sigmas_uniform_t(n: int, alpha_bar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """sigma_t at uniform training timesteps t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3)."""
-    t = torch.randint(0, len(alpha_bar), (n,), generator=generator)
+    """sigma_t at uniform training timesteps t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3), on alpha_bar's device."""
+    t = torch.randint(0, len(alpha_bar), (n,), generator=generator, device=alpha_bar.device)
     return sigmas_from_alpha_bar(alpha_bar.double())[t]
 
 
 def sigmas_lognormal(n: int, alpha_bar: torch.Tensor, generator=None, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
-    """EDM's training noise levels: ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1)."""
-    return (torch.randn(n, generator=generator, dtype=torch.float64) * p_std + p_mean).exp()
+    """EDM's training noise levels: ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1), on alpha_bar's device."""
+    return (torch.randn(n, generator=generator, dtype=torch.float64, device=alpha_bar.device) * p_std + p_mean).exp()
 
 
 # --- the registered losses --------------------------------------------------------------------

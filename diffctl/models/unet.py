@@ -61,8 +61,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x).reshape(n, c, h * w))  # [N, 3C, HW]
-        q, k, v = qkv.reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        # the 1x1 convolution as a matmul that writes [N, HW, 3C]: each head's channels end up contiguous
+        qkv = F.linear(self.norm(x).reshape(n, c, h * w).transpose(1, 2), self.qkv.weight[..., 0], self.qkv.bias)
+        # [3, N, heads, HW, C/heads] with the head dimension contiguous, as the fused (flash / memory-efficient) kernels require
+        q, k, v = qkv.reshape(n, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, HW, C/heads]
         out = out.transpose(-1, -2).reshape(n, c, h * w)
         return x + self.proj(out).reshape(n, c, h, w)
