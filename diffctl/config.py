@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import II, DictConfig, OmegaConf
 
 from .core.losses import LOSSES
 from .core.samplers import SAMPLERS
@@ -38,6 +38,7 @@ class ModelBase:
     arch: str = "unet"
     prediction: str = "eps"  # what the network outputs: eps | x0 | v (a choice of the preconditioning's c_skip, c_out)
     sigma_data: float = 1.0  # the data's std that the preconditioning assumes (EDM: 0.5)
+    lr: float = 2e-3  # the peak learning rate this network trains at (optim.lr follows it unless set)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class TrainerConfig:
 @dataclass
 class AdamWConfig:
     name: str = "adamw"
-    lr: float = 2e-3
+    lr: float = II("model.lr")  # the model preset's own by default
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999

@@ -89,3 +89,38 @@ def non_finite_message(window: Window, steps: int, first: int) -> str | None:
 def limit_cause(window: Window) -> str:
     loss = window.limit_loss
     return "gradient norm" if math.isfinite(loss) else f"loss ({loss})"
+
+
+class LossWatch:
+    """Watches the logged losses for the two ways a run fails without an error, and says so once each:
+
+    * collapse: having been below 80% of ``zero_loss``, what a network that outputs zero scores (the target's mean
+      square: for eps-prediction the noise's variance, 1), the loss is back within 5% of it at two log lines in a row
+      (a network that learns slowly, near that level from the start, is not flagged);
+    * divergence: the loss rises at ``rising`` log lines in a row, by a third or more in all.
+
+    Both only from step ``after`` on (the end of the warm-up, and at least 100 steps: a network starts near zero)."""
+
+    def __init__(self, zero_loss: float, after: int, rising: int = 3):
+        self.zero_loss, self.after, self.rising = zero_loss, after, rising
+        self.best, self.at_zero, self.history, self.said = math.inf, 0, [], set()
+
+    def __call__(self, step: int, loss: float | None) -> str | None:
+        """The warning for the loss logged at ``step`` (None: nothing to say, or said before)."""
+        if loss is None:
+            return None
+        learned = self.best <= 0.8 * self.zero_loss
+        self.best = min(self.best, loss)
+        if step < self.after:
+            return None
+        self.at_zero = self.at_zero + 1 if learned and abs(loss - self.zero_loss) <= 0.05 * self.zero_loss else 0
+        self.history = (self.history + [loss])[-(self.rising + 1):]
+        if self.at_zero >= 2 and "collapse" not in self.said:
+            self.said.add("collapse")
+            return (f"step {step}: the loss went back up to {loss:.4g}, what a network that outputs zero scores ({self.zero_loss:.4g}): "
+                    f"it has collapsed to predicting zero")
+        h = self.history
+        if len(h) > self.rising and all(b > a for a, b in zip(h, h[1:])) and h[-1] >= 4 / 3 * h[0] and "rising" not in self.said:
+            self.said.add("rising")
+            return f"step {step}: the loss rose at {self.rising} log lines in a row, from {h[0]:.4g} to {h[-1]:.4g}: training is diverging"
+        return None

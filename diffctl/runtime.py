@@ -239,6 +239,7 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    launched: bool = False  # by torchrun: a process group and DDP, also for one process (the NCCL / gloo path, tested at world 1)
 
     @property
     def main(self) -> bool:
@@ -249,14 +250,15 @@ def distributed_from_env() -> Distributed:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process."""
     import os
 
-    return Distributed(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return Distributed(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)),
+                       "RANK" in os.environ and "MASTER_ADDR" in os.environ)
 
 
 def init_distributed(dist_info: Distributed, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on CPU) and return this rank's device."""
     import torch.distributed as dist
 
-    if dist_info.world == 1:
+    if not dist_info.launched:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)

@@ -18,7 +18,7 @@ from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .data import load_dataset
 from .errors import Interrupted, UsageError
-from .health import StepTally, Window, limit_cause, non_finite_message
+from .health import LossWatch, StepTally, Window, limit_cause, non_finite_message
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.rundir import CKPT_DIR, MetricsLog
 from .loggers import Loggers
@@ -33,6 +33,17 @@ from .validation import check_training
 log = logging.getLogger("diffctl.train")
 
 
+class ZeroNet(torch.nn.Module):
+    """A network that outputs zero (``classes`` logits of a classifier): the reference of ``LossWatch``."""
+
+    def __init__(self, classes: int = 0):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *cond) -> torch.Tensor:
+        return x.new_zeros(len(x), self.classes) if self.classes else torch.zeros_like(x)
+
+
 class Trainer:
     """Holds the state of one training run; ``fit()`` runs it to ``trainer.steps``."""
 
@@ -40,7 +51,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = distributed_from_env()
         self.device = init_distributed(self.dist, resolve_device(cfg.device))
-        if self.dist.world > 1:
+        if self.dist.launched:
             import torch.distributed as dist
 
             shared = [str(self.run_dir)]
@@ -64,7 +75,7 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = EMA(self.net, cfg.trainer.ema_decay)
         self.forward = self.net  # what training calls: the network, wrapped for DDP and/or compiled
-        if self.dist.world > 1:
+        if self.dist.launched:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -88,6 +99,7 @@ class Trainer:
         self.micro_loss = self._micro_loss if mode is None else torch.compile(self._micro_loss, mode=mode)
         self.branch = 0  # which history of this run folder the step is on (a resume from an older checkpoint or with a new lr starts one)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.watch: LossWatch | None = None  # made at the first log line
         self.loggers = Loggers(None, self.run_dir, 0, "")  # fit() opens the chosen ones (rank 0), once it knows its first step
         self.ckpt_dir = self.run_dir / CKPT_DIR
         self._heldout_batch = None
@@ -197,7 +209,7 @@ class Trainer:
         processes follow the trajectory of one process with the same global batch.  ``trainer.accumulate``
         splits each share into micro-batches whose gradients add up to the share's: less memory, the same step."""
         x0, sigma, noise, y = self.draw()
-        if self.dist.world > 1:
+        if self.dist.launched:
             n = len(x0)
             share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
             x0, sigma, noise, y = x0[share], sigma[share], noise[share], (y[share] if y is not None else None)
@@ -209,11 +221,11 @@ class Trainer:
         bounds = [i * n // k for i in range(k + 1)]
         for i in range(k):  # trainer.accumulate micro-batches, gradients summed: the same step as one batch
             part = slice(bounds[i], bounds[i + 1])
-            with contextlib.nullcontext() if i == k - 1 or self.dist.world == 1 else self.ddp.no_sync():  # DDP: all-reduce once, at the last
+            with contextlib.nullcontext() if i == k - 1 or not self.dist.launched else self.ddp.no_sync():  # DDP: all-reduce once, at the last
                 micro = self.micro_loss(x0[part], sigma[part], noise[part], y[part] if y is not None else None) * ((part.stop - part.start) / n)
                 self.scaler.scale(micro).backward()
             loss += micro.detach().float()
-        if self.dist.world > 1:  # every rank decides on the same (global) loss
+        if self.dist.launched:  # every rank decides on the same (global) loss
             import torch.distributed as dist
 
             dist.all_reduce(loss)
@@ -267,8 +279,8 @@ class Trainer:
         return path
 
     @torch.no_grad()
-    def heldout_loss(self) -> float:
-        """The training objective of the current network on a fixed batch of the test split (``trainer.eval_batch``
+    def heldout_loss(self, net: torch.nn.Module | None = None) -> float:
+        """The training objective of the current network (or ``net``) on a fixed batch of the test split (``trainer.eval_batch``
         items) at fixed noise levels and noise: the same batch every time, drawn from a generator of its own, so the
         run's own draws (and a resume's bit-exactness) are untouched.  Every rank computes it (no collective)."""
         if self._heldout_batch is None:
@@ -279,17 +291,30 @@ class Trainer:
             labels = self.data.test_labels[idx].to(self.device) if self.classifier or self.num_classes else None
             self._heldout_batch = (self.data.test[idx].to(self.device), sigma.to(self.device), noise.to(self.device), labels)
         x0, sigma, noise, y = self._heldout_batch
-        self.net.eval()  # no dropout; the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
+        net = net or self.net  # the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
+        net.eval()  # no dropout
         try:
             with autocast(self.device, self.precision):
                 if self.classifier:
-                    loss = NoisyClassifier(self.net, self.alpha_bar_dev, self.cfg.model.sigma_data).loss(x0, y, sigma, noise)
+                    loss = NoisyClassifier(net, self.alpha_bar_dev, self.cfg.model.sigma_data).loss(x0, y, sigma, noise)
                 else:
-                    denoiser = Denoiser(self.net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
+                    denoiser = Denoiser(net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
                     loss = denoiser.loss(x0, sigma, noise, self.loss.weight, y)
         finally:
-            self.net.train()
+            net.train()
         return loss.float().mean().item()
+
+    def watch_loss(self, loss: float | None) -> None:
+        """Warn (once) when the logged loss shows a collapse to predicting zero or a divergence, with the likely cause."""
+        if self.watch is None:  # the reference: the held-out loss of a network that outputs zero
+            zero = ZeroNet(self.data.num_classes if self.classifier else 0)
+            self.watch = LossWatch(self.heldout_loss(zero), after=max(self.cfg.optim.warmup_steps, 100))
+        warning = self.watch(self.step, loss)
+        if warning:
+            lr = self.cfg.optim.lr
+            log.warning("%s. Likely cause: optim.lr=%g is too high for this %.2gM-parameter network; start again with optim.lr=%g, or resume "
+                        "from a checkpoint before the trouble with it (diffctl train resume=<checkpoint file> optim.lr=%g)",
+                        warning, lr, count_parameters(self.net) / 1e6, lr / 10, lr / 10)
 
     def fit(self) -> dict:
         tc = self.cfg.trainer
@@ -302,7 +327,7 @@ class Trainer:
             log.info("resumed from %s at step %d", resume, self.step)
         log.info("model %s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
                  self.precision, self.device,
-                 f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.world > 1 else "",
+                 f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.launched else "",
                  self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")
         if self.dist.main:
             self.loggers = Loggers(self.cfg.get("logger"), self.run_dir, self.step, OmegaConf.to_yaml(self.cfg))
@@ -315,7 +340,7 @@ class Trainer:
                 window_steps, unread = window_steps + 1, unread + 1
                 log_now = bool(tc.log_every and self.step % tc.log_every == 0) or self.step == tc.steps
                 ckpt_now = bool(tc.ckpt_every and self.step % tc.ckpt_every == 0) and self.step < tc.steps
-                if self.dist.world > 1 and (log_now or ckpt_now or self.step % every_agree == 0):
+                if self.dist.launched and (log_now or ckpt_now or self.step % every_agree == 0):
                     import torch.distributed as dist  # every rank stops at the same step, whichever received the signal
 
                     flag = torch.tensor([stop.signum or 0], device=self.device)
@@ -334,6 +359,7 @@ class Trainer:
                     if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
                         record["heldout_loss"] = heldout = self.heldout_loss()
                     if self.dist.main:
+                        self.watch_loss(record["loss"])
                         self.metrics.write(step=self.step, **record)
                         self.loggers.scalars(self.step, {**record, "branch": self.branch})
                         if not sys.stderr.isatty():  # no progress bar (a batch job's log): a line per log_every instead
@@ -367,7 +393,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         return trainer.fit()
     finally:
         trainer.loggers.close()  # also when the run fails or stops: what the loggers buffered reaches the disk
-        if trainer.dist.world > 1:
+        if trainer.dist.launched:
             import torch.distributed as dist
 
             dist.destroy_process_group()

@@ -98,7 +98,7 @@ def forward_flops(net: nn.Module, x: torch.Tensor, device: torch.device, precisi
     return counter.get_total_flops()
 
 
-def make_train_step(net: nn.Module, x0: torch.Tensor, ab: torch.Tensor, device: torch.device, precision: str, compile: bool):
+def make_train_step(net: nn.Module, x0: torch.Tensor, ab: torch.Tensor, device: torch.device, precision: str, compile: str | None):
     """One training step of ``net`` on the batch ``x0``, as the Trainer makes it: eps loss at uniform timesteps drawn on
     the device, network + loss compiled together (``compile``), fused AdamW, gradient clipping to 1, autocast (and fp16's
     GradScaler); no EMA, no skip rule, no bookkeeping."""
@@ -115,7 +115,7 @@ def make_train_step(net: nn.Module, x0: torch.Tensor, ab: torch.Tensor, device: 
         with autocast(device, precision):
             return denoiser.loss(x0, sigma, noise, weight_simple).mean()
 
-    loss_of = torch.compile(loss_of) if compile else loss_of
+    loss_of = torch.compile(loss_of, mode=compile) if compile else loss_of
 
     def train_step():
         loss = loss_of(sigmas_uniform_t(len(x0), ab), torch.randn_like(x0))
@@ -208,7 +208,7 @@ def build_trainer(args, shape: tuple, precision: str, device: torch.device, call
     from diffctl.train import Trainer
 
     overrides = [f"model={args.model}", *trainer_dataset(shape, work / "data"), f"device={device}", f"trainer.batch_size={args.batch}",
-                 f"trainer.precision={precision}", f"trainer.compile={str(args.compile).lower()}",
+                 f"trainer.precision={precision}", f"trainer.compile={args.compile or 'false'}",
                  f"trainer.channels_last={str(args.channels_last).lower()}", f"trainer.steps={calls}", "trainer.log_every=0",
                  "trainer.eval_every=0", "trainer.ckpt_every=0", "trainer.sample_every=0", "logger=none",
                  f"paths.output_root={work / 'outputs'}", f"paths.cache_dir={work / 'cache'}"]
@@ -238,7 +238,8 @@ def main() -> None:
     p.add_argument("--sample-batch", type=int, default=256)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the step (network + loss) in this mode: default, reduce-overhead (CUDA graphs), max-autotune")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--peer", choices=["diffusers"], default=None,
                    help="also time diffusers' UNet2DModel in the same layout through the same training step")
@@ -274,7 +275,7 @@ def main() -> None:
     net = build_model(cfg, shape).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    forward = torch.compile(net) if args.compile else net
+    forward = torch.compile(net, mode=args.compile) if args.compile else net
     ab = make_alpha_bar("cosine", 1000)
     ab_dev = ab.to(device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -328,7 +329,7 @@ def main() -> None:
     record = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "model": args.model, "parameters": count_parameters(net), "shape": list(shape),
-        "precision": precision, "compile": args.compile, "channels_last": args.channels_last, "batch": args.batch,
+        "precision": precision, "compile": args.compile or False, "channels_last": args.channels_last, "batch": args.batch,
         "train_img_per_s": round(train_ips, 1), **rates, "sample_img_per_s": round(sample_ips, 1), "sample_steps": args.sample_steps,
         "forward_gflops_per_img": round(flops_per_image / 1e9, 4), "matmul_tflops": round(ceiling / 1e12, 3),
         "train_mfu": round(3 * flops_per_image * train_ips / ceiling, 4),

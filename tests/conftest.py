@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY_TRAIN = [
     "model=unet_tiny", "trainer.steps=4", "trainer.batch_size=8", "trainer.ckpt_every=2", "trainer.sample_every=2",
@@ -13,6 +14,24 @@ TINY_TRAIN = [
 
 SMALL = ["model=unet_tiny", "trainer.batch_size=8", "trainer.sample_every=0", "trainer.num_grid=4", "trainer.sample_steps=2",
          "optim.warmup_steps=2"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA device: skipped without one."""
+    if not torch.cuda.is_available():
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """On a machine with a GPU, a test not marked ``cuda`` runs as on a CPU machine (device=auto resolves to the CPU, in
+    this process and in the subprocesses it starts): its expectations (bit-exact resumes, draws recomputed on CPU) are
+    CPU facts; the GPU paths have tests of their own, marked ``cuda``."""
+    if "cuda" not in request.keywords and torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def make_trainer(run_dir, *overrides):

@@ -44,6 +44,15 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_
     assert (run / "samples" / "step_00000006.png").exists()
 
 
+def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
+    # world size 1 under torchrun: a process group (gloo here, NCCL on CUDA: tests/test_cuda.py) and DDP, as for N processes
+    env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "diffctl", "train", *SMALL,
+                           "trainer.steps=2", "trainer.log_every=1", "trainer.ckpt_every=0"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "x 1 processes (DDP, gloo, global batch 8)" in proc.stdout + proc.stderr
+
+
 def test_compile_and_channels_last_train_the_same_model(tmp_path, monkeypatch):
     # torch.compile with dynamo's eager backend (the real inductor backend needs a minute of compilation on CPU):
     # the plumbing is the same, and checkpoints keep the plain module's keys
