@@ -24,7 +24,7 @@ from .core.samplers import SAMPLERS
 from .core.schedules import SCHEDULES
 from .data import DATASETS
 from .loggers import LOGGERS
-from .models import MODELS
+from .models import AUTOENCODERS, MODELS
 
 
 # --- the fields every option of a group shares -------------------------------------------------
@@ -66,9 +66,15 @@ class LoggerBase:
     name: str = "csv"
 
 
+@dataclass
+class AutoencoderBase:
+    name: str = "kl"
+
+
 # group -> (registry of its choices, shared fields)
 GROUPS = {"dataset": (DATASETS, DatasetBase), "model": (MODELS, ModelBase), "schedule": (SCHEDULES, ScheduleBase),
-          "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase), "logger": (LOGGERS, LoggerBase)}
+          "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase), "logger": (LOGGERS, LoggerBase),
+          "autoencoder": (AUTOENCODERS, AutoencoderBase)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,9 +147,10 @@ class TrainConfig:
     optim: Any = None
     paths: Any = None
     logger: Any = None  # logger=tensorboard | csv | none, or several: logger=[tensorboard,csv]
+    autoencoder: Any = None  # what task=autoencoder trains
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    task: str = "diffusion"  # diffusion | classifier: a noise-aware classifier of the dataset's classes, for guidance.classifier=
+    task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion)
     resume: str = "auto"  # auto: continue from this run folder's newest checkpoint | never | <run folder or file>
 
 

@@ -50,8 +50,9 @@ def check_same_run(saved: dict, cfg: DictConfig, path: Path) -> dict:
     learning rate excepted).  Returns the BRANCHING options that changed, ``{key: (before, now)}``."""
     current = OmegaConf.to_container(cfg, resolve=True)
     saved = _with_defaults(saved)
-    old = dict(_flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in RUN_DEFINING}))
-    new = dict(_flat({k: current[k] for k in RUN_DEFINING}))
+    defining = RUN_DEFINING + (("autoencoder",) if current.get("task") == "autoencoder" else ())
+    old = dict(_flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in defining}))
+    new = dict(_flat({k: current[k] for k in defining}))
     keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
     diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k) and k not in RECOVERABLE]
     if diffs:

@@ -94,8 +94,11 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         cfg.model = OmegaConf.merge(OmegaConf.structured(option_schema("model", cfg.model.arch)), cfg.model)  # options added since: defaults
         found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
         if found != task:
-            raise UsageError(f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}" if task == "diffusion"
-                             else f"guidance.classifier={path} is a diffusion model, not a classifier: train one with 'diffctl train task=classifier'")
+            what = {"classifier": f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}",
+                    "autoencoder": f"{path} is an autoencoder (task=autoencoder): it encodes and decodes images, it does not sample"}
+            raise UsageError(what[found] if task == "diffusion" and found in what else
+                             f"guidance.classifier={path} is {'a diffusion model' if found == 'diffusion' else 'an autoencoder'}, not a classifier: "
+                             "train one with 'diffctl train task=classifier'")
         data_shape = tuple(state["data_shape"])
         classify = state["num_classes"] if task == "classifier" else 0
         key = "ema" if ema and state.get("ema") is not None else "model"

@@ -14,34 +14,21 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .core.diffusion import Denoiser, NoisyClassifier
-from .core.losses import LOSSES
 from .data import load_dataset
 from .errors import Interrupted, UsageError
 from .health import LossWatch, StepTally, Window, limit_cause, non_finite_message
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.rundir import CKPT_DIR, MetricsLog
 from .loggers import Loggers
-from .models import build_model, count_parameters
-from .optim import EMA, drop_labels, lr_lambda
+from .models import count_parameters
+from .optim import EMA, lr_lambda
 from .progress import progress_bar
 from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state, step_seed
-from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision, schedule_alpha_bar
-from .snapshots import accuracy_plot, sample_grid
+from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision
+from .tasks import TASKS
 from .validation import check_training
 
 log = logging.getLogger("diffctl.train")
-
-
-class ZeroNet(torch.nn.Module):
-    """A network that outputs zero (``classes`` logits of a classifier): the reference of ``LossWatch``."""
-
-    def __init__(self, classes: int = 0):
-        super().__init__()
-        self.classes = classes
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *cond) -> torch.Tensor:
-        return x.new_zeros(len(x), self.classes) if self.classes else torch.zeros_like(x)
 
 
 class Trainer:
@@ -63,13 +50,10 @@ class Trainer:
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
         self.data = load_dataset(cfg.dataset)
         self.train_x = self.data.train.to(self.device)
-        self.num_classes = cfg.model.num_classes
-        self.classifier = cfg.task == "classifier"
         check_training(cfg, self.data, self.device, self.precision, self.dist.world)
-        self.train_y = self.data.train_labels.to(self.device) if self.classifier or self.num_classes else None
-        self.alpha_bar = schedule_alpha_bar(cfg.schedule)
-        self.alpha_bar_dev = self.alpha_bar.to(self.device)
-        self.net = build_model(cfg.model, self.data.shape, classify=self.data.num_classes if self.classifier else 0).to(self.device)
+        self.task = TASKS[cfg.task](cfg, self.data, self.device)  # what is learnt: network, per-item draws, loss, pictures
+        self.train_y = self.data.train_labels.to(self.device) if self.task.labels else None
+        self.net = self.task.build().to(self.device)
         self.channels_last = cfg.trainer.channels_last and len(self.data.shape) == 3
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -79,11 +63,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.loss = LOSSES.build(cfg.loss)
-        # the (wrapped) network behind the preconditioning that sampling and evaluation use too
-        self.preconditioned = (NoisyClassifier(self.forward, self.alpha_bar_dev, cfg.model.sigma_data) if self.classifier
-                               else Denoiser(self.forward, self.alpha_bar_dev, cfg.model.prediction, cfg.model.sigma_data))
-        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and not self.classifier:
+        # the (wrapped) network behind what the loss calls: for diffusion the preconditioning that sampling and evaluation use too
+        self.preconditioned = self.task.wrap(self.forward)
+        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and cfg.task == "diffusion":
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
         # fused: one kernel for the whole update, and it skips a step flagged on the device (found_inf) without a host sync
@@ -174,29 +156,23 @@ class Trainer:
         return changed
 
     # --- the loop ------------------------------------------------------------------------------
-    def draw(self) -> tuple:
-        """This step's global batch (x0, sigma, noise, labels or None), drawn on the device from a generator seeded by
-        (seed, step): a step's data is a function of the run's seed and the step alone, so a resumed run, on any device,
-        draws what the uninterrupted one drew there (each device's generator has its own stream)."""
+    def draw(self) -> dict:
+        """This step's global batch ``{"x0": images, and the task's per-item draws}``, drawn on the device from a generator
+        seeded by (seed, step): a step's data is a function of the run's seed and the step alone, so a resumed run, on any
+        device, draws what the uninterrupted one drew there (each device's generator has its own stream)."""
         n, g, dev = self.cfg.trainer.batch_size, self.gen, self.device
         g.manual_seed(step_seed(self.cfg.seed, self.step))
         idx = torch.randint(0, len(self.train_x), (n,), generator=g, device=dev)
-        sigma = self.loss.sigmas(n, self.alpha_bar_dev, generator=g)
         x0 = self.train_x[idx]
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = torch.rand(n, generator=g, device=dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        y = self.train_y[idx] if self.classifier or self.num_classes else None
-        if self.num_classes and not self.classifier:
-            y = drop_labels(y, self.cfg.trainer.cond_drop_prob, self.num_classes, g)
-        return x0, sigma, torch.randn(x0.shape, generator=g, device=dev, dtype=x0.dtype), y
+        return {"x0": x0, **self.task.draw(g, x0, self.train_y[idx] if self.train_y is not None else None)}
 
-    def _micro_loss(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, y) -> torch.Tensor:
+    def _micro_loss(self, batch: dict) -> torch.Tensor:
         """The mean loss of a micro-batch: the network behind the preconditioning, and the loss (what trainer.compile compiles)."""
         with autocast(self.device, self.precision):
-            if self.classifier:
-                return self.preconditioned.loss(x0, y, sigma, noise).mean()
-            return self.preconditioned.loss(x0, sigma, noise, self.loss.weight, y).mean()
+            return self.task.loss(self.preconditioned, batch).mean()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, gradient norm, whether it was applied) as tensors on the device, and
@@ -208,21 +184,21 @@ class Trainer:
         dropped labels) from the same generators and trains on its own contiguous share of it, so N
         processes follow the trajectory of one process with the same global batch.  ``trainer.accumulate``
         splits each share into micro-batches whose gradients add up to the share's: less memory, the same step."""
-        x0, sigma, noise, y = self.draw()
+        batch = self.draw()
         if self.dist.launched:
-            n = len(x0)
+            n = len(batch["x0"])
             share = slice(self.dist.rank * n // self.dist.world, (self.dist.rank + 1) * n // self.dist.world)
-            x0, sigma, noise, y = x0[share], sigma[share], noise[share], (y[share] if y is not None else None)
+            batch = {key: v[share] for key, v in batch.items()}
         if self.channels_last:
-            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+            batch = {key: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for key, v in batch.items()}
         self.opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
-        n, k = len(x0), self.cfg.trainer.accumulate
+        n, k = len(batch["x0"]), self.cfg.trainer.accumulate
         bounds = [i * n // k for i in range(k + 1)]
         for i in range(k):  # trainer.accumulate micro-batches, gradients summed: the same step as one batch
             part = slice(bounds[i], bounds[i + 1])
             with contextlib.nullcontext() if i == k - 1 or not self.dist.launched else self.ddp.no_sync():  # DDP: all-reduce once, at the last
-                micro = self.micro_loss(x0[part], sigma[part], noise[part], y[part] if y is not None else None) * ((part.stop - part.start) / n)
+                micro = self.micro_loss({key: v[part] for key, v in batch.items()}) * ((part.stop - part.start) / n)
                 self.scaler.scale(micro).backward()
             loss += micro.detach().float()
         if self.dist.launched:  # every rank decides on the same (global) loss
@@ -262,20 +238,15 @@ class Trainer:
         return w
 
     def snapshot(self) -> Path | None:
-        """A picture of the EMA model at this step in ``samples/`` (rank 0): its samples, or a classifier's
-        test accuracy against noise (also logged)."""
+        """The task's picture of the EMA model at this step in ``samples/`` (rank 0): its samples, a classifier's test
+        accuracy against noise, an autoencoder's reconstructions; what the task measures with it is logged too."""
         if not self.dist.main:
             return None
-        folder, sigma_data = self.run_dir / "samples", self.cfg.model.sigma_data
-        if not self.classifier:
-            denoise = Denoiser(self.ema.model, self.alpha_bar_dev, self.cfg.model.prediction, sigma_data)
-            path = sample_grid(denoise, self.alpha_bar, self.cfg, self.data, self.step, folder, self.device)
-        else:
-            classify = NoisyClassifier(self.ema.model, self.alpha_bar_dev, sigma_data)
-            path, acc = accuracy_plot(classify, self.alpha_bar, self.data, self.cfg.seed, self.step, folder, self.device)
-            self.metrics.write(step=self.step, test_accuracy={str(t): a for t, a in acc.items()})
-            log.info("step %d: test accuracy by timestep: %s", self.step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
-        self.loggers.image(self.step, "samples" if not self.classifier else "test_accuracy", path)
+        path, tag, record = self.task.snapshot(self.ema.model, self.step, self.run_dir / "samples")
+        if record:
+            self.metrics.write(step=self.step, **record)
+            self.loggers.scalars(self.step, record)
+        self.loggers.image(self.step, tag, path)
         return path
 
     @torch.no_grad()
@@ -287,19 +258,14 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.seed + 1)
             n = min(len(self.data.test), self.cfg.trainer.eval_batch)
             idx = torch.randperm(len(self.data.test), generator=g)[:n]
-            sigma, noise = self.loss.sigmas(n, self.alpha_bar, generator=g), torch.randn((n, *self.data.shape), generator=g)
-            labels = self.data.test_labels[idx].to(self.device) if self.classifier or self.num_classes else None
-            self._heldout_batch = (self.data.test[idx].to(self.device), sigma.to(self.device), noise.to(self.device), labels)
-        x0, sigma, noise, y = self._heldout_batch
-        net = net or self.net  # the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
+            x0, y = self.data.test[idx], self.data.test_labels[idx] if self.task.labels else None
+            batch = {"x0": x0, **self.task.draw(g, x0, y, train=False)}
+            self._heldout_batch = {key: v.to(self.device) for key, v in batch.items()}
+        net = net if net is not None else self.net  # the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
         net.eval()  # no dropout
         try:
             with autocast(self.device, self.precision):
-                if self.classifier:
-                    loss = NoisyClassifier(net, self.alpha_bar_dev, self.cfg.model.sigma_data).loss(x0, y, sigma, noise)
-                else:
-                    denoiser = Denoiser(net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
-                    loss = denoiser.loss(x0, sigma, noise, self.loss.weight, y)
+                loss = self.task.loss(self.task.wrap(net), self._heldout_batch)
         finally:
             net.train()
         return loss.float().mean().item()
@@ -307,7 +273,9 @@ class Trainer:
     def watch_loss(self, loss: float | None) -> None:
         """Warn (once) when the logged loss shows a collapse to predicting zero or a divergence, with the likely cause."""
         if self.watch is None:  # the reference: the held-out loss of a network that outputs zero
-            zero = ZeroNet(self.data.num_classes if self.classifier else 0)
+            zero = self.task.zero_net()
+            if zero is None:
+                return
             self.watch = LossWatch(self.heldout_loss(zero), after=max(self.cfg.optim.warmup_steps, 100))
         warning = self.watch(self.step, loss)
         if warning:
@@ -325,7 +293,7 @@ class Trainer:
                 self.branch = continue_run(self.run_dir, self.metrics, self.step, self.branch, changed, resume)
             self.metrics.branch = self.branch
             log.info("resumed from %s at step %d", resume, self.step)
-        log.info("model %s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.cfg.model.arch, f"{count_parameters(self.net):,}",
+        log.info("%s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.task.title, f"{count_parameters(self.net):,}",
                  self.precision, self.device,
                  f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.launched else "",
                  self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")

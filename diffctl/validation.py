@@ -19,7 +19,7 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
     "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
-    "task": ("diffusion", "classifier"),
+    "task": ("diffusion", "classifier", "autoencoder"),
     "format": ("safetensors", "diffusers"),
 }
 
@@ -35,7 +35,9 @@ BOUNDS = {
     "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "model.sigma_data": (0, False),
     "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
     "guidance.classifier_scale": (0, True),
-    "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True),
+    "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True), "model.lr": (0, False),
+    "autoencoder.latent_channels": (1, True), "autoencoder.channels": (1, True), "autoencoder.num_res_blocks": (1, True),
+    "autoencoder.kl_weight": (0, True),
     "model.channels": (1, True), "model.heads": (1, True), "model.num_res_blocks": (1, True), "model.hidden": (1, True),
     "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
@@ -140,6 +142,13 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
             raise UsageError("task=classifier trains a noise-aware classifier of the dataset's classes: drop model.num_classes")
         if data.train_labels is None:
             raise UsageError(f"task=classifier needs a labelled dataset; dataset={data.name} has no labels (use digits, gmm or digits_gmm)")
+    elif cfg.task == "autoencoder":
+        ae = cfg.autoencoder
+        if len(data.shape) != 3:
+            raise UsageError(f"task=autoencoder compresses images; dataset={data.name} has items of shape {list(data.shape)}")
+        if ae.downsample not in (1, 2, 4, 8) or data.shape[1] % ae.downsample or data.shape[2] % ae.downsample:
+            raise UsageError(f"autoencoder.downsample={ae.downsample}: choose 1, 2, 4 or 8 dividing the images' "
+                             f"{data.shape[1]}x{data.shape[2]} (mnist 28x28: 4 gives 7x7 latents)")
     elif cfg.model.num_classes and (data.train_labels is None or cfg.model.num_classes != data.num_classes):
         have = f"{data.num_classes} classes" if data.train_labels is not None else "no labels"
         raise UsageError(f"model.num_classes={cfg.model.num_classes}, but dataset={data.name} has {have}; "

@@ -68,6 +68,13 @@ def test_compile_and_channels_last_train_the_same_model(tmp_path, monkeypatch):
     state = load_checkpoint(list_checkpoints(tmp_path / "fast" / "checkpoints")[-1])
     assert state["model"].keys() == plain.net.state_dict().keys()  # no _orig_mod. prefixes
     assert all(torch.allclose(state["model"][k], v, atol=1e-4) for k, v in plain.net.state_dict().items())
+    # a compiled run stopped at step 3 and resumed to 5 is the compiled run of 5 steps, bit for bit (constant lr: the
+    # schedule does not depend on the total)
+    for name, steps in (("whole", 5), ("split", 3), ("split", 5)):
+        _trainer(tmp_path / name, *opts[1:], f"trainer.steps={steps}", "trainer.compile=true", "optim.decay=constant").fit()
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / n / "checkpoints")[-1]) for n in ("whole", "split"))
+    assert all(torch.equal(a[key][k], b[key][k]) for key in ("model", "ema") for k in a[key])
 
 
 @pytest.mark.slow

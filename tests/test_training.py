@@ -96,7 +96,7 @@ def test_a_short_run_learns_the_mixture_to_near_the_exact_denoisers_quality(tmp_
     trainer.save = lambda: None
     trainer.snapshot = lambda: None
     trainer.fit()
-    ab, cfg = trainer.alpha_bar, load_option("sampler", "ddim")
+    ab, cfg = trainer.task.alpha_bar, load_option("sampler", "ddim")
     truth = trainer.data.test[:2000]
     model = generate(Denoiser(trainer.ema.model, ab, "v"), ab, cfg, 50, 2000, (2,), seed=1).samples
     exact = generate(oracle(), ab, cfg, 50, 2000, (2,), seed=1).samples

@@ -63,7 +63,8 @@ def sigmas_uniform_t(n: int, alpha_bar: torch.Tensor, generator: Optional[torch.
 
 def sigmas_lognormal(n: int, alpha_bar: torch.Tensor, generator=None, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
     """EDM's training noise levels: ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1), on alpha_bar's device."""
-    return (torch.randn(n, generator=generator, dtype=torch.float64, device=alpha_bar.device) * p_std + p_mean).exp()
+    device = alpha_bar.device if alpha_bar is not None else generator.device if generator is not None else None  # no schedule needed
+    return (torch.randn(n, generator=generator, dtype=torch.float64, device=device) * p_std + p_mean).exp()
 
 
 # --- the registered losses --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.registry import Registry
+from .autoencoder import KLAutoencoder
 from .diffusers_unet import DiffusersUNet
 from .mlp import MLP
 from .unet import UNet
@@ -19,6 +20,8 @@ MODELS = Registry("model", key="arch")
 MODELS.register("unet")(UNet)
 MODELS.register("mlp")(MLP)
 MODELS.register("diffusers_unet")(DiffusersUNet)
+AUTOENCODERS = Registry("autoencoder")  # task=autoencoder's networks, by autoencoder.name
+AUTOENCODERS.register("kl")(KLAutoencoder)
 
 
 def build_model(model_cfg, data_shape, classify: int = 0) -> nn.Module:

@@ -1,0 +1,181 @@
+"""What a training run learns (``task=``): the parts of ``diffctl train`` that depend on it.
+
+The Trainer owns the loop (draws, accumulation, DDP, the device-side skip rule, EMA, checkpoints,
+logs); a task owns the network it trains, the per-item extras each step draws besides the images, the
+loss of a batch, the picture a snapshot draws, and the zero-output reference of ``LossWatch``:
+
+    diffusion    a denoiser D(x, sigma) behind the preconditioning (sample grids)
+    classifier   a noise-aware classifier of the dataset's classes, for classifier guidance (accuracy by noise level)
+    autoencoder  a KL autoencoder of the images, the space latent diffusion works in (reconstructions, PSNR)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from .core.diffusion import Denoiser, NoisyClassifier
+from .core.losses import LOSSES
+from .core.registry import Registry
+from .io.images import save_grid
+from .models import AUTOENCODERS, build_model
+from .models.autoencoder import KLAutoencoder, Reconstruction, psnr
+from .optim import drop_labels
+from .runtime import schedule_alpha_bar
+from .snapshots import accuracy_plot, sample_grid
+
+log = logging.getLogger("diffctl.train")
+
+TASKS = Registry("task")
+
+
+class ZeroNet(torch.nn.Module):
+    """A network that outputs zero (``classes`` logits of a classifier): the reference of ``LossWatch``."""
+
+    def __init__(self, classes: int = 0):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *cond) -> torch.Tensor:
+        return x.new_zeros(len(x), self.classes) if self.classes else torch.zeros_like(x)
+
+
+class DiffusionTask:
+    """A denoiser: per item a noise level, noise and (class-conditional) a label, dropped to the null label at
+    ``trainer.cond_drop_prob``; the loss is ``Denoiser.loss`` with the configured weighting."""
+
+    def __init__(self, cfg: DictConfig, data, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.alpha_bar = schedule_alpha_bar(cfg.schedule)
+        self.alpha_bar_dev = self.alpha_bar.to(device)
+        self.objective = LOSSES.build(cfg.loss)
+        self.labels = bool(cfg.model.num_classes)  # the training set's labels are drawn with the images
+        self.title = f"model {cfg.model.arch}"
+
+    def build(self) -> torch.nn.Module:
+        return build_model(self.cfg.model, self.data.shape)
+
+    def wrap(self, net) -> Denoiser:
+        """The network behind what the loss calls (the preconditioning)."""
+        return Denoiser(net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
+
+    def draw(self, g: torch.Generator, x0: torch.Tensor, y, train: bool = True) -> dict:
+        """The per-item draws of a batch of images ``x0`` (labels ``y``) from ``g``, on ``g``'s device."""
+        out = {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g)}
+        if self.labels:
+            out["y"] = drop_labels(y, self.cfg.trainer.cond_drop_prob, self.cfg.model.num_classes, g) if train else y
+        out["noise"] = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
+        return out
+
+    def _alpha_bar_on(self, device: torch.device) -> torch.Tensor:
+        return self.alpha_bar_dev if device.type == self.alpha_bar_dev.device.type else self.alpha_bar.to(device)
+
+    def loss(self, wrapped, batch: dict) -> torch.Tensor:
+        return wrapped.loss(batch["x0"], batch["sigma"], batch["noise"], self.objective.weight, batch.get("y"))
+
+    def zero_net(self) -> torch.nn.Module | None:
+        return ZeroNet()
+
+    def snapshot(self, net, step: int, folder: Path) -> tuple[Path, str, dict | None]:
+        """(picture, its logger tag, a metrics record or None) of the (EMA) network ``net`` at ``step``."""
+        path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device)
+        return path, "samples", None
+
+
+class ClassifierTask(DiffusionTask):
+    """A noise-aware classifier of the dataset's classes (Dhariwal & Nichol 2021): cross-entropy at every noise level."""
+
+    def __init__(self, cfg, data, device):
+        super().__init__(cfg, data, device)
+        self.labels = True
+
+    def build(self) -> torch.nn.Module:
+        return build_model(self.cfg.model, self.data.shape, classify=self.data.num_classes)
+
+    def wrap(self, net) -> NoisyClassifier:
+        return NoisyClassifier(net, self.alpha_bar_dev, self.cfg.model.sigma_data)
+
+    def draw(self, g, x0, y, train=True) -> dict:
+        return {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g), "y": y,
+                "noise": torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)}
+
+    def loss(self, wrapped, batch):
+        return wrapped.loss(batch["x0"], batch["y"], batch["sigma"], batch["noise"])
+
+    def zero_net(self):
+        return ZeroNet(self.data.num_classes)
+
+    def snapshot(self, net, step, folder):
+        path, acc = accuracy_plot(self.wrap(net), self.alpha_bar, self.data, self.cfg.seed, step, folder, self.device)
+        log.info("step %d: test accuracy by timestep: %s", step, ", ".join(f"t={t} {a:.3f}" for t, a in acc.items()))
+        return path, "test_accuracy", {"test_accuracy": {str(t): a for t, a in acc.items()}}
+
+
+class AutoencoderTask:
+    """A KL autoencoder of the dataset's images (``autoencoder.*``): per item the posterior's noise; the loss is the
+    reconstruction MSE + the KL term.  Snapshots draw test images over their reconstructions and log the test split's
+    reconstruction MSE and PSNR."""
+
+    labels = False
+
+    def __init__(self, cfg, data, device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.title = f"autoencoder {cfg.autoencoder.name} (latents {list(self._latent_shape())})"
+
+    def build(self) -> KLAutoencoder:
+        return AUTOENCODERS.build(self.cfg.autoencoder, self.data.shape)
+
+    def wrap(self, net) -> Reconstruction:
+        return Reconstruction(net, self.cfg.autoencoder.kl_weight)
+
+    def draw(self, g, x0, y, train=True) -> dict:
+        latent = self._latent_shape()
+        return {"noise": torch.randn((len(x0), *latent), generator=g, device=g.device, dtype=x0.dtype)}
+
+    def _latent_shape(self) -> tuple:
+        c, h, w = self.data.shape
+        d = self.cfg.autoencoder.downsample
+        return (self.cfg.autoencoder.latent_channels, h // d, w // d)
+
+    def loss(self, wrapped, batch):
+        return wrapped.loss(batch["x0"], batch["noise"])
+
+    def zero_net(self):
+        return None  # no zero-output reference: a collapse is not this task's failure
+
+    @torch.no_grad()
+    def reconstruction_metrics(self, net, batch_size: int = 256) -> tuple[float, float]:
+        """(MSE, PSNR in dB) of the test split's reconstructions through the posterior means."""
+        net.eval()
+        try:
+            mse, db = [], []
+            for x in self.data.test.split(batch_size):
+                x = x.to(self.device)
+                recon = net(x)[0].float().clamp(-1, 1)
+                mse.append((recon - x).pow(2).flatten(1).mean(1))
+                db.append(psnr(x, recon))
+        finally:
+            net.train()
+        return torch.cat(mse).mean().item(), torch.cat(db).mean().item()
+
+    def snapshot(self, net, step, folder):
+        n = min(self.cfg.trainer.num_grid // 2 or 1, len(self.data.test))
+        x = self.data.test[:n].to(self.device)
+        net.eval()
+        with torch.no_grad():
+            recon = net(x)[0].float().clamp(-1, 1)
+        net.train()
+        folder.mkdir(exist_ok=True)
+        path = folder / f"reconstructions_{step:08d}.png"
+        save_grid(torch.cat([x.cpu(), recon.cpu()]), path)  # test images, then their reconstructions
+        mse, db = self.reconstruction_metrics(net)
+        log.info("step %d: test reconstruction MSE %.5f, PSNR %.2f dB", step, mse, db)
+        return path, "reconstructions", {"test_recon_mse": mse, "test_psnr": db}
+
+
+TASKS.register("diffusion")(DiffusionTask)
+TASKS.register("classifier")(ClassifierTask)
+TASKS.register("autoencoder")(AutoencoderTask)
