@@ -36,9 +36,7 @@ class EMA:
         n = self._n.double()
         w = ((1 - ((1 + n) / (10 + n)).clamp(max=self.decay)) * ok).float()  # 1 - d, or 0 for a skipped step
         ema_p, p = list(self.model.parameters()), list(model.parameters())
-        step = torch._foreach_sub(p, ema_p)
-        torch._foreach_mul_(step, w)
-        torch._foreach_add_(ema_p, step)  # ema <- ema + (1 - d) (p - ema) = d * ema + (1 - d) * p
+        torch._foreach_lerp_(ema_p, p, [w] * len(p))  # ema <- d * ema + (1 - d) * p, the weight a tensor on the device
         for eb, b in zip(self.model.buffers(), model.buffers()):
             eb.copy_(b)  # buffers (none in our nets today) are copied, never averaged
 

@@ -102,7 +102,7 @@ MUTATIONS = [
              ("tests/test_oracle_samplers.py",)),
     # --- EMA
     Mutation("EMA weighted the wrong way round", "ema", "diffctl/optim.py",
-             "step = torch._foreach_sub(p, ema_p)", "step = torch._foreach_sub(ema_p, p)", ("tests/test_training.py",)),
+             "torch._foreach_lerp_(ema_p, p, [w] * len(p))", "torch._foreach_lerp_(p, ema_p, [w] * len(p))", ("tests/test_training.py",)),
     Mutation("EMA without warm-up", "ema", "diffctl/optim.py",
              "((1 + n) / (10 + n)).clamp(max=self.decay)", "(n * 0 + self.decay)", ("tests/test_training.py",)),
     # --- likelihood
