@@ -21,6 +21,8 @@ from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .core.registry import Registry
 from .io.images import save_grid
+from .metrics.distances import chunked_frechet
+from .metrics.reference import reference_classifier
 from .models import AUTOENCODERS, build_model
 from .models.autoencoder import KLAutoencoder, Reconstruction, psnr
 from .optim import drop_labels
@@ -147,19 +149,22 @@ class AutoencoderTask:
         return None  # no zero-output reference: a collapse is not this task's failure
 
     @torch.no_grad()
-    def reconstruction_metrics(self, net, batch_size: int = 256) -> tuple[float, float]:
-        """(MSE, PSNR in dB) of the test split's reconstructions through the posterior means."""
+    def reconstruction_metrics(self, net, batch_size: int = 256) -> dict:
+        """The test split's reconstructions through the posterior means: their MSE and PSNR (dB), and for a labelled
+        dataset their fd_ref (Frechet distance to the train split in the reference classifier's features) beside the
+        floor of the real test images: what no latent model decoding through this autoencoder can beat."""
         net.eval()
         try:
-            mse, db = [], []
-            for x in self.data.test.split(batch_size):
-                x = x.to(self.device)
-                recon = net(x)[0].float().clamp(-1, 1)
-                mse.append((recon - x).pow(2).flatten(1).mean(1))
-                db.append(psnr(x, recon))
+            recon = torch.cat([net(x.to(self.device))[0].float().clamp(-1, 1).cpu() for x in self.data.test.split(batch_size)])
         finally:
             net.train()
-        return torch.cat(mse).mean().item(), torch.cat(db).mean().item()
+        test = self.data.test.float()
+        out = {"test_recon_mse": (recon - test).pow(2).flatten(1).mean(1).mean().item(), "test_psnr": psnr(test, recon).mean().item()}
+        if self.data.num_classes:
+            ref, _ = reference_classifier(self.data, Path(self.cfg.paths.cache_dir))
+            fd = chunked_frechet(ref.features(recon), ref.features(test), ref.features(self.data.train), self.cfg.seed)
+            out.update(test_recon_fd_ref=fd["value"], test_fd_ref_floor=fd["floor"])
+        return out
 
     def snapshot(self, net, step, folder):
         n = min(self.cfg.trainer.num_grid // 2 or 1, len(self.data.test))
@@ -171,9 +176,10 @@ class AutoencoderTask:
         folder.mkdir(exist_ok=True)
         path = folder / f"reconstructions_{step:08d}.png"
         save_grid(torch.cat([x.cpu(), recon.cpu()]), path)  # test images, then their reconstructions
-        mse, db = self.reconstruction_metrics(net)
-        log.info("step %d: test reconstruction MSE %.5f, PSNR %.2f dB", step, mse, db)
-        return path, "reconstructions", {"test_recon_mse": mse, "test_psnr": db}
+        record = self.reconstruction_metrics(net)
+        log.info("step %d: test reconstructions: MSE %.5f, PSNR %.2f dB%s", step, record["test_recon_mse"], record["test_psnr"],
+                 f", fd_ref {record['test_recon_fd_ref']:.2f} (real test images: {record['test_fd_ref_floor']:.2f})" if "test_recon_fd_ref" in record else "")
+        return path, "reconstructions", record
 
 
 TASKS.register("diffusion")(DiffusionTask)
