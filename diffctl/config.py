@@ -135,6 +135,11 @@ class PathsConfig:
     cache_dir: str = "outputs/.cache"  # reference classifiers and statistics
 
 
+@dataclass
+class LatentConfig:
+    autoencoder: Optional[str] = None  # a task=autoencoder run folder | checkpoint | latest: train in its latent space
+
+
 # --- commands ----------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
@@ -148,6 +153,7 @@ class TrainConfig:
     paths: Any = None
     logger: Any = None  # logger=tensorboard | csv | none, or several: logger=[tensorboard,csv]
     autoencoder: Any = None  # what task=autoencoder trains
+    latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion: latent.autoencoder=<run>
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion)

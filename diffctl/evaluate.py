@@ -74,6 +74,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UsageError(f"inception_weights={cfg.inception_weights}: no such file (the TF-Inception weights for fid / kid / is)")
     grid = _grid(cfg)
     source = load_source(cfg, device)
+    if source.decode is not None:
+        raise UsageError(f"{source.info['checkpoint']} is a latent model: diffctl eval of latent models (metrics of decoded samples in "
+                         "pixels, the autoencoder's floor) is not supported yet; diffctl sample decodes its samples")
     data = source.data
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}

@@ -20,7 +20,7 @@ from .io.rundir import ABANDONED, CKPT_DIR, MetricsLog
 log = logging.getLogger("diffctl.train")
 
 
-RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim")  # what a resumed run may not change...
+RUN_DEFINING = ("task", "dataset", "model", "schedule", "loss", "optim", "latent")  # what a resumed run may not change...
 RECOVERABLE = ("optim.lr", "model.lr")  # ...but this: lowering the learning rate is the recovery from a divergence
 # Options that change the trajectory from the resume point on: a resume that changes one starts a new branch.
 BRANCHING = ("optim.lr", "trainer.grad_clip", "trainer.precision", "trainer.batch_size", "trainer.ema_decay", "trainer.cond_drop_prob")

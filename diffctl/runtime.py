@@ -72,6 +72,7 @@ class Trained:
     step: int
     data_shape: tuple
     num_classes: int  # classes of the dataset it was trained on (0: unlabelled)
+    latent: Optional[dict] = None  # a latent model: the autoencoder it decodes through (diffctl.latent.LatentSpace.record)
 
 
 def load_trained(path: Path, device: torch.device, ema: bool = True, task: str = "diffusion") -> Trained:
@@ -118,7 +119,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         raise UsageError(f"{path}: its {'EMA ' if key == 'ema' else ''}weights are not finite ({bad} holds NaN or inf); "
                          f"it cannot sample: use an earlier checkpoint of that run")
     return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=alpha_bar, step=int(state["step"]),
-                   data_shape=data_shape, num_classes=int(state.get("num_classes", 0)))
+                   data_shape=data_shape, num_classes=int(state.get("num_classes", 0)), latent=state.get("latent"))
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Source:
     net: Optional[torch.nn.Module] = None  # the network (None for the oracle)
     prediction: str = "x0"
     num_classes: int = 0  # > 0: denoise(x, sigma, y) takes class labels; label num_classes is the null label
+    decode: Optional[Callable] = None  # a latent model: its latents -> pixels (``data`` is then the dataset's latents)
 
     def describe(self) -> str:
         if self.info.get("format") == "diffusers":
@@ -165,13 +167,20 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     trained = load_trained(ckpt, device, ema=cfg.ema)
     data = load_dataset(trained.cfg.dataset)
+    space = None
+    if trained.latent is not None:
+        from .latent import latent_dataset, space_of
+
+        space = space_of(trained.latent, device)
+        data = latent_dataset(space, data, Path(cfg.paths.cache_dir))
     if tuple(data.shape) != trained.data_shape:
         raise UsageError(f"{ckpt}: malformed diffctl checkpoint (data_shape {list(trained.data_shape)}, but its dataset={data.name} "
                          f"has items of shape {list(data.shape)})")
     model = trained.cfg.model
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
-                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema}, trained.net, model.prediction,
-                  model.num_classes)
+                  {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema,
+                   **({"latent": trained.latent} if space is not None else {})}, trained.net, model.prediction,
+                  model.num_classes, space.decode if space is not None else None)
 
 
 def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:

@@ -23,6 +23,8 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("sampling from %s", source.describe())
     gen = generate_from_config(source, cfg, device, cfg.steps)
     samples, info, data = gen.samples, gen.record(), source.data
+    if source.decode is not None:  # a latent model: its samples are latents, the pictures pixels
+        samples = source.decode(samples)
     log.info("visited timesteps: %s", gen.timesteps)
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
     cond = gen.conditioning

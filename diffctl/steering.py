@@ -88,6 +88,8 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
             raise UsageError("inpainting needs both inpaint.image=<test index | PNG> and inpaint.mask=<region | PNG>")
         if not data.is_image:
             raise UsageError("inpainting needs image data")
+        if source.decode is not None:
+            raise UsageError("inpainting with a latent model is not supported yet: its samples are latents, the mask is in pixels")
         if isinstance(inp.image, int):
             if not 0 <= inp.image < len(data.test):
                 raise UsageError(f"inpaint.image={inp.image}: the test split has images 0..{len(data.test) - 1}")

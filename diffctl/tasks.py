@@ -55,6 +55,7 @@ class DiffusionTask:
         self.alpha_bar_dev = self.alpha_bar.to(device)
         self.objective = LOSSES.build(cfg.loss)
         self.labels = bool(cfg.model.num_classes)  # the training set's labels are drawn with the images
+        self.decode = None  # latent diffusion: latents -> pixels, for the pictures
         self.title = f"model {cfg.model.arch}"
 
     def build(self) -> torch.nn.Module:
@@ -83,7 +84,7 @@ class DiffusionTask:
 
     def snapshot(self, net, step: int, folder: Path) -> tuple[Path, str, dict | None]:
         """(picture, its logger tag, a metrics record or None) of the (EMA) network ``net`` at ``step``."""
-        path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device)
+        path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device, self.decode)
         return path, "samples", None
 
 

@@ -19,6 +19,7 @@ from .errors import Interrupted, UsageError
 from .health import LossWatch, StepTally, Window, limit_cause, non_finite_message
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
 from .io.rundir import CKPT_DIR, MetricsLog
+from .latent import latent_dataset, latent_space
 from .loggers import Loggers
 from .models import count_parameters
 from .optim import EMA, lr_lambda
@@ -49,9 +50,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
         self.data = load_dataset(cfg.dataset)
+        self.latent = None  # latent diffusion: the autoencoder's space the data is seen through
+        if cfg.latent.autoencoder:
+            if cfg.task != "diffusion":
+                raise UsageError(f"latent.autoencoder trains a diffusion model in an autoencoder's latent space; task={cfg.task} does not use it")
+            self.latent = latent_space(cfg.latent.autoencoder, Path(cfg.paths.output_root), self.device, self.data)
+            self.data = latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=True)
         self.train_x = self.data.train.to(self.device)
         check_training(cfg, self.data, self.device, self.precision, self.dist.world)
         self.task = TASKS[cfg.task](cfg, self.data, self.device)  # what is learnt: network, per-item draws, loss, pictures
+        if self.latent is not None:
+            self.task.decode = self.latent.decode  # its pictures in pixels
         self.train_y = self.data.train_labels.to(self.device) if self.task.labels else None
         self.net = self.task.build().to(self.device)
         self.channels_last = cfg.trainer.channels_last and len(self.data.shape) == 3
@@ -65,6 +74,12 @@ class Trainer:
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # the (wrapped) network behind what the loss calls: for diffusion the preconditioning that sampling and evaluation use too
         self.preconditioned = self.task.wrap(self.forward)
+        sigma_max = float(((1 - self.task.alpha_bar[-1]) / self.task.alpha_bar[-1]).sqrt()) if cfg.task == "diffusion" else 0.0
+        if cfg.model.prediction == "eps" and self.data.levels is None and sigma_max > 100:
+            log.warning("model.prediction=eps on unclipped %s with schedule=%s (sigma_max %.3g): eps-prediction's x0 estimate is eps's error "
+                        "times sigma, so sampling blows up at the first steps; use model.prediction=v (or schedule=scaled_linear, "
+                        "Stable Diffusion's, sigma_max 14.6)", "latents" if self.latent is not None else "continuous data", cfg.schedule.name,
+                        sigma_max)
         if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and cfg.task == "diffusion":
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
@@ -104,6 +119,7 @@ class Trainer:
             "loss_window": {"sum": self.pending.loss_sum, "n": self.pending.applied, "skipped": self.pending.skipped},
             "nonfinite": self.pending.in_a_row,
             "branch": self.branch,
+            **({"latent": self.latent.record()} if self.latent is not None else {}),
         }
 
     def save(self) -> Path:

@@ -1,0 +1,70 @@
+"""Latent diffusion: a diffusion model trained in an autoencoder's latent space records the autoencoder it
+needs (path and SHA-256) and the scale it measured, samples decode to pixels, and a moved or changed
+autoencoder, or a command that cannot use latents yet, is a one-line error."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, run_folder
+
+from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
+
+AE = ["task=autoencoder", "autoencoder.downsample=2", "trainer.steps=40", "trainer.batch_size=32", "trainer.sample_every=0",
+      "trainer.log_every=20", "trainer.eval_every=0", "optim.warmup_steps=5"]
+LATENT = ["model=unet_tiny", "trainer.steps=6", "trainer.batch_size=8", "trainer.sample_every=0", "trainer.num_grid=4", "trainer.sample_steps=3",
+          "trainer.log_every=2", "trainer.eval_every=0", "optim.warmup_steps=1"]
+
+
+@pytest.fixture
+def latent_run(diffctl):
+    """(autoencoder run folder, latent diffusion run folder) trained from the CLI."""
+    ae = run_folder(diffctl("train", *AE))
+    latent = run_folder(diffctl("train", "latent.autoencoder=latest", *LATENT))
+    return ae, latent
+
+
+@pytest.mark.slow
+def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_pixels(diffctl, latent_run):
+    from diffctl.config import load_option
+    from diffctl.data import load_dataset
+    from diffctl.latent import load_autoencoder
+
+    ae, latent = latent_run
+    ae_ckpt = list_checkpoints(ae / "checkpoints")[-1]
+    state = load_checkpoint(list_checkpoints(latent / "checkpoints")[-1])
+    record = state["latent"]
+    assert record["autoencoder"] == str(ae_ckpt) and record["sha256"] == hashlib.sha256(ae_ckpt.read_bytes()).hexdigest()
+    # the scale: 1 / std of the posterior means of the training split, recomputed here from the autoencoder's EMA weights
+    net = load_autoencoder(ae_ckpt, torch.device("cpu"))
+    with torch.no_grad():
+        means = net.encode(load_dataset(load_option("dataset", "digits")).train)[0]
+    assert record["scale"] == pytest.approx(1 / means.std().item(), rel=1e-5)
+    assert state["data_shape"] == [4, 4, 4] and record["pixel_shape"] == [1, 8, 8] and state["data_levels"] is None
+    # eps-prediction on unclipped latents with the cosine schedule (sigma_max ~ 2e4): warned, with the fix
+    assert "model.prediction=eps on unclipped latents with schedule=cosine" in (latent / "train.log").read_text()
+    out = run_folder(diffctl("sample", "ckpt=latest", "steps=3", "num_samples=6"))
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (6, 8, 8, 1) and (out / "grid.png").exists()  # decoded: 8x8 pixels, not 4x4x4 latents
+
+
+@pytest.mark.slow
+def test_a_moved_or_changed_autoencoder_and_unsupported_uses_are_one_line_errors(diffctl, latent_run, cli, tmp_path):
+    ae, latent = latent_run
+    ae_ckpt = list_checkpoints(ae / "checkpoints")[-1]
+    assert_one_line_error(cli("eval", f"ckpt={latent}"), "eval", "is a latent model: diffctl eval of latent models")
+    assert_one_line_error(cli("sample", f"ckpt={latent}", "inpaint.image=0", "inpaint.mask=left"), "sample",
+                          "inpainting with a latent model is not supported yet")
+    original = ae_ckpt.read_bytes()
+    ae_ckpt.write_bytes(original + b"\0")
+    assert_one_line_error(cli("sample", f"ckpt={latent}"), "sample", "has changed since this latent model was trained on it (SHA-256 mismatch)")
+    ae_ckpt.rename(tmp_path / "elsewhere.pt")
+    assert_one_line_error(cli("sample", f"ckpt={latent}"), "sample", "which is not there any more (moved or deleted)")
+    (tmp_path / "elsewhere.pt").write_bytes(original)
+    (tmp_path / "elsewhere.pt").rename(ae_ckpt)
+    assert cli("sample", f"ckpt={latent}", "steps=2", "num_samples=2")[0] == 0  # put back as it was: it samples again
+    diffusion = run_folder(diffctl("train", *LATENT))
+    assert_one_line_error(cli("train", f"latent.autoencoder={diffusion}", *LATENT), "train", "is not an autoencoder (task=diffusion)")
+    assert_one_line_error(cli("train", "latent.autoencoder=latest", "task=classifier", *LATENT), "train",
+                          "latent.autoencoder trains a diffusion model in an autoencoder's latent space")
