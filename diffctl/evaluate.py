@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,6 +66,21 @@ def _grid(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
     return [(sc, n) for sc in configs for n in steps]
 
 
+def _autoencoder_floor(source, pixels, computed: dict, cfg: DictConfig, device, memo: dict) -> dict:
+    """A latent model's floor: each sample metric it got, measured on the autoencoder's reconstructions of the real
+    test images (with their own labels), as if they were samples."""
+    recon = quantize(source.latent.decode(source.latent.encode(pixels.test.to(device))).cpu(), pixels.levels)
+    ctx = EvalContext(source.alpha_bar, pixels, lambda: recon, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
+                      options={"inception_weights": cfg.inception_weights}, labels=lambda: pixels.test_labels)
+    floor = {}
+    for name in computed:
+        try:
+            floor[name] = METRICS[name].fn(ctx)["value"]
+        except (Skipped, ValueError) as e:
+            floor[name] = f"skipped: {e}"
+    return {"metrics": floor, "n": len(recon), "autoencoder": source.latent.path}
+
+
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     unknown = [m for m in cfg.metrics if m not in METRICS]
@@ -74,12 +90,10 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UsageError(f"inception_weights={cfg.inception_weights}: no such file (the TF-Inception weights for fid / kid / is)")
     grid = _grid(cfg)
     source = load_source(cfg, device)
-    if source.decode is not None:
-        raise UsageError(f"{source.info['checkpoint']} is a latent model: diffctl eval of latent models (metrics of decoded samples in "
-                         "pixels, the autoencoder's floor) is not supported yet; diffctl sample decodes its samples")
     data = source.data
+    pixels = source.pixels if source.latent is not None else data  # a latent model's samples are scored decoded, in pixels
     log.info("evaluating %s", source.describe())
-    skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], data, source.net is not None))}
+    skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], pixels if METRICS[m].uses_samples else data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
     rows, once, timings, memo, first = [], {}, {}, {}, None
     for sampler_cfg, steps in grid:
@@ -89,7 +103,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
             if "x" not in cache:
                 cache["gen"] = gen = generate_from_config(source, cfg, device, steps, sampler_cfg)
                 timings[f"sampling {sampler_cfg.name}x{steps}"] = gen.seconds
-                cache["x"] = quantize(gen.samples, data.levels)
+                cache["x"] = quantize(gen.samples if source.latent is None else source.decode(gen.samples), pixels.levels)
             return cache["x"]
 
         def labels():
@@ -98,6 +112,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
 
         ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
                           options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels)
+        in_pixels = ctx if source.latent is None else replace(ctx, data=pixels)
         row = {}
         for name in active:
             metric = METRICS[name]
@@ -107,7 +122,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 samples()  # so that the metric's own time excludes sampling
             t0 = time.perf_counter()
             try:
-                result = {**metric.fn(ctx), "version": metric.version, "seed": cfg.seed}
+                result = {**metric.fn(in_pixels if metric.uses_samples else ctx), "version": metric.version, "seed": cfg.seed}
             except Skipped as e:
                 skipped[name] = str(e)
                 continue
@@ -123,13 +138,17 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
               "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
               "guidance": first.guidance if first and first.guidance is not None else OmegaConf.to_container(cfg.guidance),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
+    if source.latent is not None:  # what no model decoding through this autoencoder can beat
+        report["autoencoder_floor"] = _autoencoder_floor(source, pixels, rows[0]["metrics"], cfg, device, memo)
+        log.info("the autoencoder's floor (its reconstructions of the %d test images scored as samples): %s", len(pixels.test),
+                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report["autoencoder_floor"]["metrics"].items()))
     if len(rows) > 1:
         report["grid"] = rows
     write_json(run_dir / "metrics.json", report)  # first: nothing below may lose the numbers
     if len(rows) > 1:
         _quality_vs_nfe(rows, run_dir)
     if last is not None:
-        _side_by_side(data.test, last, run_dir / "real_vs_generated.png")
+        _side_by_side(pixels.test, last, run_dir / "real_vs_generated.png")
     _print_table(report, rows)
     return report
 

@@ -133,7 +133,13 @@ class Source:
     net: Optional[torch.nn.Module] = None  # the network (None for the oracle)
     prediction: str = "x0"
     num_classes: int = 0  # > 0: denoise(x, sigma, y) takes class labels; label num_classes is the null label
-    decode: Optional[Callable] = None  # a latent model: its latents -> pixels (``data`` is then the dataset's latents)
+    latent: Optional[object] = None  # a latent model: its diffctl.latent.LatentSpace (``data`` is then the dataset's latents)
+    pixels: Optional[object] = None  # a latent model: the dataset in pixels
+
+    @property
+    def decode(self) -> Optional[Callable]:
+        """Latents -> pixels for a latent model; None otherwise."""
+        return self.latent.decode if self.latent is not None else None
 
     def describe(self) -> str:
         if self.info.get("format") == "diffusers":
@@ -167,11 +173,11 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     ckpt = resolve_checkpoint(cfg.ckpt, Path(cfg.paths.output_root))
     trained = load_trained(ckpt, device, ema=cfg.ema)
     data = load_dataset(trained.cfg.dataset)
-    space = None
+    space = pixels = None
     if trained.latent is not None:
         from .latent import latent_dataset, space_of
 
-        space = space_of(trained.latent, device)
+        space, pixels = space_of(trained.latent, device), data
         data = latent_dataset(space, data, Path(cfg.paths.cache_dir))
     if tuple(data.shape) != trained.data_shape:
         raise UsageError(f"{ckpt}: malformed diffctl checkpoint (data_shape {list(trained.data_shape)}, but its dataset={data.name} "
@@ -180,7 +186,7 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema,
                    **({"latent": trained.latent} if space is not None else {})}, trained.net, model.prediction,
-                  model.num_classes, space.decode if space is not None else None)
+                  model.num_classes, space, pixels)
 
 
 def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:

@@ -3,6 +3,8 @@ needs (path and SHA-256) and the scale it measured, samples decode to pixels, an
 autoencoder, or a command that cannot use latents yet, is a one-line error."""
 
 import hashlib
+import json
+import math
 
 import numpy as np
 import pytest
@@ -26,9 +28,9 @@ def latent_run(diffctl):
 
 
 @pytest.mark.slow
-def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_pixels(diffctl, latent_run):
+def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_and_evaluates_in_pixels(diffctl, latent_run, cache_dir):
     from diffctl.config import load_option
-    from diffctl.data import load_dataset
+    from diffctl.data import load_dataset, quantize
     from diffctl.latent import load_autoencoder
 
     ae, latent = latent_run
@@ -47,13 +49,28 @@ def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_pixels(dif
     out = run_folder(diffctl("sample", "ckpt=latest", "steps=3", "num_samples=6"))
     images = np.load(out / "samples.npz")["images"]
     assert images.shape == (6, 8, 8, 1) and (out / "grid.png").exists()  # decoded: 8x8 pixels, not 4x4x4 latents
+    # eval scores the decoded samples in pixels, beside the autoencoder's floor: its reconstructions of the test split
+    report = json.loads((run_folder(diffctl("eval", "ckpt=latest", "steps=3", "num_samples=300", "metrics=[test_loss,fd_ref]")) / "metrics.json").read_text())
+    fd, floor = report["metrics"]["fd_ref"], report["autoencoder_floor"]
+    assert fd["n"] == 300 and math.isfinite(fd["value"]) and math.isfinite(report["metrics"]["test_loss"]["value"])
+    assert floor["n"] == 300 and floor["autoencoder"] == str(ae_ckpt) and list(floor["metrics"]) == ["fd_ref"]
+    # the floor, recomputed here: Frechet distance of the reconstructions' reference features to the train split's
+    from diffctl.metrics.distances import frechet_to_reference, gaussian_stats
+    from diffctl.metrics.reference import reference_classifier
+
+    pixels = load_dataset(load_option("dataset", "digits"))
+    ref, _ = reference_classifier(pixels, cache_dir)
+    with torch.no_grad():
+        recon = quantize(net.decode(net.encode(pixels.test)[0]).clamp(-1, 1), pixels.levels)
+        mu, sigma = gaussian_stats(ref.features(pixels.train))
+        expected = frechet_to_reference(ref.features(recon), mu, sigma)
+    assert floor["metrics"]["fd_ref"] == pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.slow
 def test_a_moved_or_changed_autoencoder_and_unsupported_uses_are_one_line_errors(diffctl, latent_run, cli, tmp_path):
     ae, latent = latent_run
     ae_ckpt = list_checkpoints(ae / "checkpoints")[-1]
-    assert_one_line_error(cli("eval", f"ckpt={latent}"), "eval", "is a latent model: diffctl eval of latent models")
     assert_one_line_error(cli("sample", f"ckpt={latent}", "inpaint.image=0", "inpaint.mask=left"), "sample",
                           "inpainting with a latent model is not supported yet")
     original = ae_ckpt.read_bytes()
