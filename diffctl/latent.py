@@ -20,9 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from .config import option_schema
 from .errors import UsageError
-from .io.checkpoint import load_checkpoint, require
+from .io.checkpoint import TRAINED, inert_config, load_checkpoint, require
+from .models import AUTOENCODERS
 from .models.autoencoder import KLAutoencoder
 
 log = logging.getLogger("diffctl.latent")
@@ -65,18 +68,12 @@ class LatentSpace:
 
 def load_autoencoder(path: Path, device: torch.device) -> KLAutoencoder:
     """The EMA weights of a ``task=autoencoder`` checkpoint, in eval mode on ``device``."""
-    from .config import option_schema
-    from .io.checkpoint import TRAINED, inert_config
-    from .models import AUTOENCODERS
-
     state = load_checkpoint(path)
     require(state, path, TRAINED)
     cfg = inert_config(state["config"])
     if cfg.get("task") != "autoencoder":
         raise UsageError(f"latent.autoencoder={path} is not an autoencoder (task={cfg.get('task', 'diffusion')}): train one with "
                          f"'diffctl train task=autoencoder'")
-    from omegaconf import OmegaConf
-
     ae_cfg = OmegaConf.merge(OmegaConf.structured(option_schema("autoencoder", cfg.autoencoder.name)), cfg.autoencoder)
     net = AUTOENCODERS.build(ae_cfg, tuple(state["data_shape"]))
     net.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])

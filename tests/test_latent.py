@@ -13,27 +13,20 @@ from conftest import assert_one_line_error, run_folder
 
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
-AE = ["task=autoencoder", "autoencoder.downsample=2", "trainer.steps=40", "trainer.batch_size=32", "trainer.sample_every=0",
+AE = ["task=autoencoder", "autoencoder.downsample=2", "trainer.steps=20", "trainer.batch_size=32", "trainer.sample_every=0",
       "trainer.log_every=20", "trainer.eval_every=0", "optim.warmup_steps=5"]
 LATENT = ["model=unet_tiny", "trainer.steps=6", "trainer.batch_size=8", "trainer.sample_every=0", "trainer.num_grid=4", "trainer.sample_steps=3",
           "trainer.log_every=2", "trainer.eval_every=0", "optim.warmup_steps=1"]
 
 
-@pytest.fixture
-def latent_run(diffctl):
-    """(autoencoder run folder, latent diffusion run folder) trained from the CLI."""
-    ae = run_folder(diffctl("train", *AE))
-    latent = run_folder(diffctl("train", "latent.autoencoder=latest", *LATENT))
-    return ae, latent
-
-
 @pytest.mark.slow
-def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_and_evaluates_in_pixels(diffctl, latent_run, cache_dir):
+def test_a_latent_model_records_its_autoencoder_samples_and_evaluates_in_pixels_and_refuses_a_changed_one(diffctl, cli, cache_dir, tmp_path):
     from diffctl.config import load_option
     from diffctl.data import load_dataset, quantize
     from diffctl.latent import load_autoencoder
 
-    ae, latent = latent_run
+    ae = run_folder(diffctl("train", *AE))
+    latent = run_folder(diffctl("train", "latent.autoencoder=latest", *LATENT))
     ae_ckpt = list_checkpoints(ae / "checkpoints")[-1]
     state = load_checkpoint(list_checkpoints(latent / "checkpoints")[-1])
     record = state["latent"]
@@ -66,11 +59,7 @@ def test_a_latent_model_records_its_autoencoder_and_scale_and_samples_and_evalua
         expected = frechet_to_reference(ref.features(recon), mu, sigma)
     assert floor["metrics"]["fd_ref"] == pytest.approx(expected, rel=1e-3)
 
-
-@pytest.mark.slow
-def test_a_moved_or_changed_autoencoder_and_unsupported_uses_are_one_line_errors(diffctl, latent_run, cli, tmp_path):
-    ae, latent = latent_run
-    ae_ckpt = list_checkpoints(ae / "checkpoints")[-1]
+    # a moved or changed autoencoder, and what latent models cannot do yet: one line each
     assert_one_line_error(cli("sample", f"ckpt={latent}", "inpaint.image=0", "inpaint.mask=left"), "sample",
                           "inpainting with a latent model is not supported yet")
     original = ae_ckpt.read_bytes()
@@ -81,7 +70,6 @@ def test_a_moved_or_changed_autoencoder_and_unsupported_uses_are_one_line_errors
     (tmp_path / "elsewhere.pt").write_bytes(original)
     (tmp_path / "elsewhere.pt").rename(ae_ckpt)
     assert cli("sample", f"ckpt={latent}", "steps=2", "num_samples=2")[0] == 0  # put back as it was: it samples again
-    diffusion = run_folder(diffctl("train", *LATENT))
-    assert_one_line_error(cli("train", f"latent.autoencoder={diffusion}", *LATENT), "train", "is not an autoencoder (task=diffusion)")
+    assert_one_line_error(cli("train", f"latent.autoencoder={latent}", *LATENT), "train", "is not an autoencoder (task=diffusion)")
     assert_one_line_error(cli("train", "latent.autoencoder=latest", "task=classifier", *LATENT), "train",
                           "latent.autoencoder trains a diffusion model in an autoencoder's latent space")
