@@ -65,8 +65,8 @@ MUTATIONS = [
              "sd = denoiser.sigma_data", "sd = 0.5", ("tests/test_losses.py",)),
     Mutation("lognormal mean and std swapped", "losses", "diffctl/core/losses.py",
              "* p_std + p_mean).exp()", "* p_mean + p_std).exp()", ("tests/test_losses.py",)),
-    Mutation("training ignores sigma_data", "losses", "diffctl/train.py",
-             "cfg.model.prediction, cfg.model.sigma_data))", "cfg.model.prediction))", ("tests/test_training.py",)),
+    Mutation("training ignores sigma_data", "losses", "diffctl/tasks.py",
+             "self.cfg.model.prediction, self.cfg.model.sigma_data)", "self.cfg.model.prediction)", ("tests/test_training.py",)),
     # --- schedules
     Mutation("cosine schedule offset dropped from the numerator", "schedules", "diffctl/core/schedules.py",
              "f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2", "f = torch.cos(t / (1 + s) * math.pi / 2) ** 2", ("tests/test_schedules.py",)),
