@@ -169,7 +169,7 @@ class AutoencoderTask:
 
     def snapshot(self, net, step, folder):
         n = min(self.cfg.trainer.num_grid // 2 or 1, len(self.data.test))
-        x = self.data.test[:n].to(self.device)
+        x = self.data.test[torch.linspace(0, len(self.data.test) - 1, n).long()].to(self.device)  # spread: splits may be sorted by class
         net.eval()
         with torch.no_grad():
             recon = net(x)[0].float().clamp(-1, 1)
