@@ -102,8 +102,7 @@ class ClassifierTask(DiffusionTask):
         return NoisyClassifier(net, self.alpha_bar_dev, self.cfg.model.sigma_data)
 
     def draw(self, g, x0, y, train=True) -> dict:
-        return {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g), "y": y,
-                "noise": torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)}
+        return super().draw(g, x0, y, train=False)  # the true labels, never dropped
 
     def loss(self, wrapped, batch):
         return wrapped.loss(batch["x0"], batch["y"], batch["sigma"], batch["noise"])
@@ -126,22 +125,19 @@ class AutoencoderTask:
 
     def __init__(self, cfg, data, device):
         self.cfg, self.data, self.device = cfg, data, device
-        self.title = f"autoencoder {cfg.autoencoder.name} (latents {list(self._latent_shape())})"
+        self.latent_shape = None  # known once built
 
     def build(self) -> KLAutoencoder:
-        return AUTOENCODERS.build(self.cfg.autoencoder, self.data.shape)
+        net = AUTOENCODERS.build(self.cfg.autoencoder, self.data.shape)
+        self.latent_shape = net.latent_shape
+        self.title = f"autoencoder {self.cfg.autoencoder.name} (latents {list(net.latent_shape)})"
+        return net
 
     def wrap(self, net) -> Reconstruction:
         return Reconstruction(net, self.cfg.autoencoder.kl_weight)
 
     def draw(self, g, x0, y, train=True) -> dict:
-        latent = self._latent_shape()
-        return {"noise": torch.randn((len(x0), *latent), generator=g, device=g.device, dtype=x0.dtype)}
-
-    def _latent_shape(self) -> tuple:
-        c, h, w = self.data.shape
-        d = self.cfg.autoencoder.downsample
-        return (self.cfg.autoencoder.latent_channels, h // d, w // d)
+        return {"noise": torch.randn((len(x0), *self.latent_shape), generator=g, device=g.device, dtype=x0.dtype)}
 
     def loss(self, wrapped, batch):
         return wrapped.loss(batch["x0"], batch["noise"])
