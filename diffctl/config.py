@@ -25,6 +25,7 @@ from .core.schedules import SCHEDULES
 from .data import DATASETS
 from .loggers import LOGGERS
 from .models import AUTOENCODERS, MODELS
+from .prompting import CONDS
 
 
 # --- the fields every option of a group shares -------------------------------------------------
@@ -71,10 +72,15 @@ class AutoencoderBase:
     name: str = "kl"
 
 
+@dataclass
+class CondBase:
+    name: str = "none"
+
+
 # group -> (registry of its choices, shared fields)
 GROUPS = {"dataset": (DATASETS, DatasetBase), "model": (MODELS, ModelBase), "schedule": (SCHEDULES, ScheduleBase),
           "sampler": (SAMPLERS, SamplerBase), "loss": (LOSSES, LossBase), "logger": (LOGGERS, LoggerBase),
-          "autoencoder": (AUTOENCODERS, AutoencoderBase)}
+          "autoencoder": (AUTOENCODERS, AutoencoderBase), "cond": (CONDS, CondBase)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,7 +120,7 @@ class TrainerConfig:
     channels_last: bool = False  # NHWC memory layout for conv nets (faster convolutions on tensor-core GPUs)
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions for fp32 work
     max_nonfinite: int = 10  # this many non-finite losses / gradients in a row (each step skipped) stop the run
-    cond_drop_prob: float = 0.1  # class-conditional models: probability of training with the null label (classifier-free guidance)
+    cond_drop_prob: float = 0.1  # conditional models: probability of training with the null label / empty prompt (classifier-free guidance)
 
 
 @dataclass
@@ -153,6 +159,7 @@ class TrainConfig:
     paths: Any = None
     logger: Any = None  # logger=tensorboard | csv | none, or several: logger=[tensorboard,csv]
     autoencoder: Any = None  # what task=autoencoder trains
+    cond: Any = None  # cross-attention conditioning: cond=none | class | text | clip
     latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion: latent.autoencoder=<run>
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
@@ -189,6 +196,8 @@ class SampleConfig:
     ema: bool = True  # sample with the EMA weights
     device: str = "auto"
     classes: Any = None  # class-conditional models: all, [3, 7] (cycled over the images) or 3; None: unconditional (the null label)
+    prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
+    prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
@@ -210,6 +219,8 @@ class EvalConfig:
     device: str = "auto"
     inception_weights: Optional[str] = None  # TF-Inception weights file for fid/kid/is (also env DIFFCTL_INCEPTION_WEIGHTS)
     classes: Any = None  # class-conditional models: all, [3, 7] or 3; None: unconditional samples
+    prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
+    prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 

@@ -136,6 +136,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
               "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"], "classifier_nfe": first.classifier_nfe if first else 0,
               "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
+              "prompts": cfg.prompt if cfg.prompt is not None else OmegaConf.to_container(cfg.prompts) if OmegaConf.is_list(cfg.prompts) else cfg.prompts,
               "guidance": first.guidance if first and first.guidance is not None else OmegaConf.to_container(cfg.guidance),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
     if source.latent is not None:  # what no model decoding through this autoencoder can beat
@@ -226,7 +227,10 @@ def _lines(name: str, r: dict) -> list[tuple[str, str, str, str]]:
 
 def _print_table(report: dict, rows: list[dict]) -> None:
     title = f"{report['dataset']}" + (f" @ step {report['checkpoint_step']}" if "checkpoint_step" in report else " (oracle)")
-    if report.get("classes") is not None:
+    if report.get("prompts") is not None:
+        title += f", prompts={report['prompts']}" + (f" classes={report['classes']}" if report.get("classes") is not None else "")
+        title += f", {describe_guidance(report['guidance'])}"
+    elif report.get("classes") is not None:
         title += f", classes={report['classes']}, {describe_guidance(report['guidance'])}"
     table = Table(title=f"{title}, {report['num_samples']} samples")
     for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):

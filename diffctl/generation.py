@@ -71,10 +71,11 @@ def class_labels(count: int, classes) -> torch.Tensor:
 
 @dataclass
 class Conditioning:
-    """What steers generation: class labels per image with classifier-free and/or classifier guidance, and/or inpainting."""
+    """What steers generation: a condition per image (class labels, or prompts as token ids) with classifier-free
+    guidance, and/or classifier guidance towards class labels, and/or inpainting."""
 
-    labels: Optional[torch.Tensor] = None  # [num_samples] requested classes (None: unconditional)
-    null: int = 0  # the model's null label (= its num_classes; 0: an unconditional model, no classifier-free guidance)
+    labels: Optional[torch.Tensor] = None  # [num_samples] requested classes (None: unconditional, or prompts of no known class)
+    null: Optional[torch.Tensor] = None  # the network's null condition, one item's (None: the network takes no condition)
     scale: float = 1.0  # guidance.scale w: 1 = conditional, 0 = unconditional
     rescale: float = 0.0  # guidance.rescale phi
     known: Optional[torch.Tensor] = None  # [C, H, W] clean image whose masked pixels are kept
@@ -83,14 +84,26 @@ class Conditioning:
     classifier: Optional[Callable] = None  # log p(y | x, sigma) [N, K] of a noise-aware classifier: classifier guidance
     classifier_scale: float = 1.0
     classifier_info: dict = field(default_factory=dict)  # which classifier (checkpoint and step), for the records
+    inputs: Optional[torch.Tensor] = None  # [num_samples, ...] what the network is given per image (None: the labels)
+    prompts: Optional[list] = None  # the prompt of each image (a text-conditioned model)
+
+    @property
+    def condition(self) -> Optional[torch.Tensor]:
+        """[num_samples, ...] the network's condition per image, or None."""
+        return self.inputs if self.inputs is not None else self.labels
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance applies: a condition per image and a network that has a null condition."""
+        return self.condition is not None and self.null is not None
 
     def steer(self, denoise: Callable, start: int, count: int, noise: PerImageNoise) -> Callable:
-        """The denoiser D(x, sigma) of images ``start .. start + count``: ``denoise(x, sigma[, labels])`` with
-        classifier-free guidance on their labels, then classifier guidance, then inpainting (``noise()``:
+        """The denoiser D(x, sigma) of images ``start .. start + count``: ``denoise(x, sigma[, condition])`` with
+        classifier-free guidance on their condition, then classifier guidance, then inpainting (``noise()``:
         the images' fixed draw that noises the known region)."""
         d = denoise
-        if self.labels is not None and self.null:
-            d = classifier_free(denoise, self.labels[start:start + count], self.null, self.scale, self.rescale)
+        if self.guided:
+            d = classifier_free(denoise, self.condition[start:start + count], self.null, self.scale, self.rescale)
         if self.classifier is not None:
             d = classifier_guided(d, self.classifier, self.labels[start:start + count], self.classifier_scale)
         if self.known is not None:
@@ -100,7 +113,7 @@ class Conditioning:
     @property
     def passes(self) -> int:
         """Network passes per denoiser call."""
-        return 2 if self.labels is not None and self.null and self.scale not in (0.0, 1.0) else 1
+        return 2 if self.guided and self.scale not in (0.0, 1.0) else 1
 
     @property
     def classifier_passes(self) -> int:
@@ -110,7 +123,7 @@ class Conditioning:
     def guidance(self) -> dict:
         """The guidance record: classifier-free ``scale`` and ``rescale`` (a class-conditional model),
         ``classifier_scale`` and which classifier (classifier guidance)."""
-        record = {"scale": self.scale, "rescale": self.rescale} if self.null else {}
+        record = {"scale": self.scale, "rescale": self.rescale} if self.null is not None else {}
         if self.classifier is not None:
             record.update(classifier_scale=self.classifier_scale, **self.classifier_info)
         return record
@@ -137,17 +150,26 @@ class Generated:
         return self.conditioning.labels if self.conditioning is not None else None
 
     @property
+    def prompts(self) -> Optional[list]:
+        """The prompt of each image (a text-conditioned model), else None."""
+        return self.conditioning.prompts if self.conditioning is not None else None
+
+    @property
     def guidance(self) -> Optional[dict]:
-        """``Conditioning.guidance()`` of class-steered generation, else None."""
-        return self.conditioning.guidance() if self.labels is not None else None
+        """``Conditioning.guidance()`` of class- or prompt-steered generation, else None."""
+        return self.conditioning.guidance() if self.labels is not None or self.prompts is not None else None
 
     def record(self) -> dict:
         """The fields that sample.json records: sampler, steps, spacing, clip, nfe, classifier_nfe, timesteps,
-        and labels and guidance when classes were requested."""
+        and labels, prompts and guidance when classes or prompts were requested."""
         out = {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "clip": self.clip, "nfe": self.nfe,
                "classifier_nfe": self.classifier_nfe, "timesteps": self.timesteps}
         if self.labels is not None:
-            out.update(labels=self.labels.tolist(), guidance=self.guidance)
+            out["labels"] = self.labels.tolist()
+        if self.prompts is not None:
+            out["prompts"] = list(self.prompts)
+        if self.guidance is not None:
+            out["guidance"] = self.guidance
         return out
 
 

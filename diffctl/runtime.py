@@ -15,7 +15,6 @@ from .core.diffusion import Denoiser, NoisyClassifier
 from .core.schedules import SCHEDULES, make_alpha_bar
 from .errors import UsageError
 from .io.checkpoint import load_checkpoint
-from .models import build_model
 
 log = logging.getLogger("diffctl.runtime")
 
@@ -73,6 +72,7 @@ class Trained:
     data_shape: tuple
     num_classes: int  # classes of the dataset it was trained on (0: unlabelled)
     latent: Optional[dict] = None  # a latent model: the autoencoder it decodes through (diffctl.latent.LatentSpace.record)
+    cond: Optional[object] = None  # a model conditioned through cross-attention: its diffctl.prompting.Cond
 
 
 def load_trained(path: Path, device: torch.device, ema: bool = True, task: str = "diffusion") -> Trained:
@@ -85,6 +85,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
 
     from .config import option_schema
     from .io.checkpoint import TRAINED, inert_config, require
+    from .prompting import build_cond, build_network
     from .validation import check_values
 
     state = load_checkpoint(path)
@@ -103,14 +104,15 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         data_shape = tuple(state["data_shape"])
         classify = state["num_classes"] if task == "classifier" else 0
         key = "ema" if ema and state.get("ema") is not None else "model"
+        cond = build_cond(cfg.get("cond"), record=state.get("cond")) if task == "diffusion" else None
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(cfg.model, data_shape, classify=classify).state_dict().items()}
+            shapes = {k: tuple(v.shape) for k, v in build_network(cfg.model, data_shape, cond, classify, pretrained=False).state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in state[key].items()}
         if shapes != stored:
             diff = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
             raise UsageError(f"{path}: its weights do not match the model in its config (first difference: {diff[0]})")
         alpha_bar = schedule_alpha_bar(cfg.schedule)
-        net = build_model(cfg.model, data_shape, classify=classify)
+        net = build_network(cfg.model, data_shape, cond, classify, pretrained=False)
     except (OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UsageError(f"{path}: malformed diffctl checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     net.load_state_dict(state[key])
@@ -119,7 +121,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         raise UsageError(f"{path}: its {'EMA ' if key == 'ema' else ''}weights are not finite ({bad} holds NaN or inf); "
                          f"it cannot sample: use an earlier checkpoint of that run")
     return Trained(net=net.to(device).eval(), cfg=cfg, alpha_bar=alpha_bar, step=int(state["step"]),
-                   data_shape=data_shape, num_classes=int(state.get("num_classes", 0)), latent=state.get("latent"))
+                   data_shape=data_shape, num_classes=int(state.get("num_classes", 0)), latent=state.get("latent"), cond=cond)
 
 
 @dataclass
@@ -135,6 +137,14 @@ class Source:
     num_classes: int = 0  # > 0: denoise(x, sigma, y) takes class labels; label num_classes is the null label
     latent: Optional[object] = None  # a latent model: its diffctl.latent.LatentSpace (``data`` is then the dataset's latents)
     pixels: Optional[object] = None  # a latent model: the dataset in pixels
+    cond: Optional[object] = None  # a model conditioned through cross-attention (cond=class|text|clip): its diffctl.prompting.Cond
+
+    @property
+    def null(self) -> Optional[torch.Tensor]:
+        """The network's null condition (classifier-free guidance), or None for a network that takes no condition."""
+        if self.cond is not None:
+            return self.cond.null
+        return torch.tensor(self.num_classes) if self.num_classes else None
 
     @property
     def decode(self) -> Optional[Callable]:
@@ -186,7 +196,7 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema,
                    **({"latent": trained.latent} if space is not None else {})}, trained.net, model.prediction,
-                  model.num_classes, space, pixels)
+                  model.num_classes or (trained.cond.num_classes if trained.cond is not None else 0), space, pixels, trained.cond)
 
 
 def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:

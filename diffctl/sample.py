@@ -33,7 +33,10 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
         info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample}
         kept = (samples - cond.known).abs().mul(cond.mask).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
-    if gen.labels is not None:
+    if gen.prompts is not None:
+        log.info("%d prompts (%s) with %s", len(set(gen.prompts)), "of classes " + str(sorted(set(gen.labels.tolist()))) if gen.labels is not None
+                 else "not captions of known classes", describe_guidance(gen.guidance))
+    elif gen.labels is not None:
         log.info("classes %s with %s", sorted(set(gen.labels.tolist())), describe_guidance(gen.guidance))
     record = {**info, "num_samples": cfg.num_samples, "seed": cfg.seed, "seconds": round(gen.seconds, 3), **source.info, **files}
     write_json(run_dir / "sample.json", record)

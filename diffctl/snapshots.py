@@ -9,17 +9,16 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
-from .generation import Conditioning, class_labels, generate
+from .generation import Conditioning, generate
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .metrics.classifier import accuracy_by_timestep
 
 
 def sample_grid(denoise: Callable, alpha_bar: torch.Tensor, cfg: DictConfig, data, step: int, folder: Path, device: torch.device,
-                decode: Callable | None = None) -> Path:
-    """``trainer.num_grid`` samples of ``cfg.sampler`` with ``trainer.sample_steps`` steps (classes cycled for a
-    class-conditional model), as ``step_<step>.png``; ``decode`` maps latents to pixels first (latent diffusion)."""
-    tc, num_classes = cfg.trainer, cfg.model.num_classes
-    cond = Conditioning(class_labels(tc.num_grid, range(num_classes)), num_classes) if num_classes else None
+                decode: Callable | None = None, cond: Conditioning | None = None) -> Path:
+    """``trainer.num_grid`` samples of ``cfg.sampler`` with ``trainer.sample_steps`` steps (``cond``: what a conditional
+    model is asked for), as ``step_<step>.png``; ``decode`` maps latents to pixels first (latent diffusion)."""
+    tc = cfg.trainer
     samples = generate(denoise, alpha_bar, cfg.sampler, min(tc.sample_steps, len(alpha_bar)), tc.num_grid, data.shape, seed=cfg.seed,
                        device=device, bounded=data.levels is not None, cond=cond).samples
     samples = decode(samples) if decode is not None else samples

@@ -48,15 +48,67 @@ def load_png(path: str, shape: tuple, what: str) -> torch.Tensor:
     return arr.permute(2, 0, 1) / 127.5 - 1
 
 
+def _requested_classes(classes, num_classes: int) -> list:
+    """``classes=all | [3, 7] | 3`` as a list of class indices, checked."""
+    if classes == "all":
+        classes = list(range(num_classes))
+    elif OmegaConf.is_list(classes):
+        classes = list(classes)
+    else:
+        classes = [classes]
+    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
+    if bad or not classes:
+        raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {num_classes - 1}]")
+    return classes
+
+
+def requested_prompts(cfg: DictConfig, source: Source) -> Optional[list]:
+    """The prompt of each image from ``prompt=`` / ``prompts=`` (a list cycled over the images, or ``train`` / ``heldout``:
+    the templated captions of that set, every phrasing of each of ``classes`` in turn), checked; None when neither is set."""
+    from .prompting import PROMPT_SETS, PromptCond
+
+    prompt, prompts, n = cfg.get("prompt"), cfg.get("prompts"), cfg.num_samples
+    if prompt is None and prompts is None:
+        return None
+    if not isinstance(source.cond, PromptCond):
+        have = "class-conditional: ask for classes with classes=" if source.num_classes else "unconditional"
+        raise UsageError(f"prompt= and prompts= need a text-conditioned model (diffctl train cond=text or cond=clip); this model is {have}")
+    if prompt is not None and prompts is not None:
+        raise UsageError("give prompt=\"...\" (every image) or prompts=[...] (cycled over the images), not both")
+    if prompt is not None:
+        return [str(prompt)] * n
+    if prompts in PROMPT_SETS:
+        captions = source.cond.captions[prompts]
+        classes = _requested_classes(cfg.get("classes") or "all", len(captions))
+        per = len(captions[0])
+        return [captions[classes[i % len(classes)]][(i // len(classes)) % per] for i in range(n)]
+    if not OmegaConf.is_list(prompts) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise UsageError(f"prompts={prompts}: give a list of prompts, prompts=[\"a handwritten 3\",\"the digit seven\"], or "
+                         f"one of {', '.join(PROMPT_SETS)} (the captions of that set)")
+    return [str(prompts[i % len(prompts)]) for i in range(n)]
+
+
 def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.device = torch.device("cpu")) -> Optional[Conditioning]:
-    """Labels (``classes``, ``guidance``) and inpainting (``inpaint``) from a sample/eval config, checked;
-    None when the config asks for neither."""
+    """Classes (``classes``), prompts (``prompt``, ``prompts``), guidance (``guidance``) and inpainting (``inpaint``) from a
+    sample/eval config, checked; None when the config asks for none of them."""
     data, n = source.data, cfg.num_samples
     classes, g = cfg.get("classes"), cfg.guidance
-    labels = classifier = None
-    if classes is None:
+    labels = classifier = inputs = None
+    prompts = requested_prompts(cfg, source)
+    if prompts is not None:
+        inputs = source.cond.encode(prompts)
+        found = [source.cond.label_of(p) for p in prompts]
+        labels = torch.tensor(found) if None not in found else None
+        if g.classifier is not None and labels is None:
+            raise UsageError("guidance.classifier steers towards classes: use prompts whose class is known (prompts=train|heldout, "
+                             "or captions such as 'the digit seven')")
+        if g.classifier is not None:
+            classifier = load_classifier(str(g.classifier), cfg, source, device)
+        log.info("prompts: %s%s", ", ".join(repr(p) for p in dict.fromkeys(prompts[:8])), " ..." if len(set(prompts)) > 8 else "")
+    elif classes is None:
         if g.scale != 1.0 or g.rescale or g.classifier is not None:
-            raise UsageError("guidance.* steers towards classes: add classes=all or classes=[3,7]")
+            raise UsageError("guidance.* steers towards classes or prompts: add classes=all or classes=[3,7]"
+                             + (", or prompt=\"...\"" if source.cond is not None and source.cond.name in ("text", "clip") else ""))
     else:
         if g.classifier is not None:
             classifier = load_classifier(str(g.classifier), cfg, source, device)
@@ -65,22 +117,14 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         elif source.num_classes == 0:
             raise UsageError("classes= needs a class-conditional model (model.num_classes=N) or a classifier "
                              "(guidance.classifier=<a 'diffctl train task=classifier' run>); this model is unconditional")
-        if source.num_classes == 0 and (g.scale != 1.0 or g.rescale):
-            raise UsageError("guidance.scale and guidance.rescale are classifier-free guidance, for a class-conditional model; "
-                             "steer this unconditional one with guidance.classifier_scale")
-        num_classes = source.num_classes or classifier.num_classes
-        if classes == "all":
-            classes = list(range(num_classes))
-        elif OmegaConf.is_list(classes):
-            classes = list(classes)
-        else:
-            classes = [classes]
-        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
-        if bad or not classes:
-            raise UsageError(f"classes={classes}: must be 'all' or class indices in [0, {num_classes - 1}]")
-        labels = class_labels(n, classes)
-        if g.rescale and g.scale == 1.0:
-            log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
+        labels = class_labels(n, _requested_classes(classes, source.num_classes or classifier.num_classes))
+        if source.cond is not None and source.num_classes:
+            inputs = source.cond.inputs(labels)  # a prompt model: each class's first training caption
+    if (labels is not None or inputs is not None) and source.null is None and (g.scale != 1.0 or g.rescale):
+        raise UsageError("guidance.scale and guidance.rescale are classifier-free guidance, for a class-conditional model; "
+                         "steer this unconditional one with guidance.classifier_scale")
+    if g.rescale and g.scale == 1.0:
+        log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
     inp = cfg.get("inpaint")
     known = mask = None
     if inp is not None and (inp.image is not None or inp.mask is not None):
@@ -108,10 +152,11 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         log.info("inpainting %s: regenerating %d of %d pixels", inp.image, int(hole.sum()), hole.numel())
     elif inp is not None and inp.resample > 1:
         raise UsageError("inpaint.resample needs inpaint.image and inpaint.mask")
-    if labels is None and known is None:
+    if labels is None and inputs is None and known is None:
         return None
-    return Conditioning(labels, source.num_classes, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
-                        classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {})
+    return Conditioning(labels, source.null, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
+                        classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {},
+                        inputs, prompts)
 
 
 def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, steps: int,

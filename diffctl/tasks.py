@@ -20,12 +20,14 @@ from omegaconf import DictConfig
 from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .core.registry import Registry
+from .generation import Conditioning, class_labels
 from .io.images import save_grid
 from .metrics.distances import chunked_frechet
 from .metrics.reference import reference_classifier
 from .models import AUTOENCODERS, build_model
 from .models.autoencoder import KLAutoencoder, Reconstruction, psnr
 from .optim import drop_labels
+from .prompting import build_cond, build_network
 from .runtime import schedule_alpha_bar
 from .snapshots import accuracy_plot, sample_grid
 
@@ -54,12 +56,13 @@ class DiffusionTask:
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(device)
         self.objective = LOSSES.build(cfg.loss)
-        self.labels = bool(cfg.model.num_classes)  # the training set's labels are drawn with the images
+        self.cond = build_cond(cfg.get("cond"), data) if cfg.task == "diffusion" else None  # cross-attention conditioning (cond=)
+        self.labels = bool(cfg.model.num_classes) or self.cond is not None  # the training set's labels are drawn with the images
         self.decode = None  # latent diffusion: latents -> pixels, for the pictures
         self.title = f"model {cfg.model.arch}"
 
     def build(self) -> torch.nn.Module:
-        return build_model(self.cfg.model, self.data.shape)
+        return build_network(self.cfg.model, self.data.shape, self.cond)
 
     def wrap(self, net) -> Denoiser:
         """The network behind what the loss calls (the preconditioning)."""
@@ -68,8 +71,11 @@ class DiffusionTask:
     def draw(self, g: torch.Generator, x0: torch.Tensor, y, train: bool = True) -> dict:
         """The per-item draws of a batch of images ``x0`` (labels ``y``) from ``g``, on ``g``'s device."""
         out = {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g)}
-        if self.labels:
-            out["y"] = drop_labels(y, self.cfg.trainer.cond_drop_prob, self.cfg.model.num_classes, g) if train else y
+        drop = self.cfg.trainer.cond_drop_prob if train else 0.0
+        if self.cond is not None:
+            out["y"] = self.cond.draw(y, drop, g)  # the label, or a random training phrasing of its caption, or the null condition
+        elif self.labels:
+            out["y"] = drop_labels(y, drop, self.cfg.model.num_classes, g)
         out["noise"] = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
         return out
 
@@ -82,9 +88,19 @@ class DiffusionTask:
     def zero_net(self) -> torch.nn.Module | None:
         return ZeroNet()
 
+    def grid_conditioning(self) -> Conditioning | None:
+        """A conditional model's sample grids: the classes in turn (a prompt model: each class's first training caption)."""
+        k = self.cond.num_classes if self.cond is not None else self.cfg.model.num_classes
+        if not k:
+            return None
+        labels = class_labels(self.cfg.trainer.num_grid, range(k))
+        if self.cond is None:
+            return Conditioning(labels, torch.tensor(k))
+        return Conditioning(labels, self.cond.null, inputs=self.cond.inputs(labels))
+
     def snapshot(self, net, step: int, folder: Path) -> tuple[Path, str, dict | None]:
         """(picture, its logger tag, a metrics record or None) of the (EMA) network ``net`` at ``step``."""
-        path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device, self.decode)
+        path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device, self.decode, self.grid_conditioning())
         return path, "samples", None
 
 
@@ -122,6 +138,7 @@ class AutoencoderTask:
     reconstruction MSE and PSNR."""
 
     labels = False
+    cond = None
 
     def __init__(self, cfg, data, device):
         self.cfg, self.data, self.device = cfg, data, device

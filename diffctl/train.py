@@ -120,6 +120,7 @@ class Trainer:
             "nonfinite": self.pending.in_a_row,
             "branch": self.branch,
             **({"latent": self.latent.record()} if self.latent is not None else {}),
+            **({"cond": self.task.cond.record()} if self.task.cond is not None else {}),
         }
 
     def save(self) -> Path:

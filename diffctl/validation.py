@@ -21,6 +21,7 @@ CHOICES = {
     "optim.decay": ("constant", "cosine"),
     "task": ("diffusion", "classifier", "autoencoder"),
     "format": ("safetensors", "diffusers"),
+    "cond.unknown_words": ("error", "skip"),
 }
 
 
@@ -43,6 +44,7 @@ BOUNDS = {
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
     "optim.min_lr_ratio": (0, True), "loss.p_std": (0, False), "image_index": (0, True),
     "dataset.image_size": (1, True), "dataset.crop": (1, True), "dataset.limit": (1, True),
+    "model.context_dim": (0, True), "cond.layers": (0, True), "cond.heads": (1, True), "cond.max_words": (1, True),
 }
 # Upper limits: real ones (probabilities, orders) and, for sizes, limits far beyond any real use that
 # catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
@@ -51,7 +53,8 @@ UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.
          "optim.lr": 10, "trainer.steps": 10**9, "trainer.batch_size": 2**20, "trainer.num_grid": 4096, "trainer.eval_batch": 2**16, "trainer.accumulate": 4096, "trainer.sample_steps": 10**5,
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
-         "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000}
+         "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000,
+         "model.context_dim": 8192, "cond.layers": 64, "cond.max_words": 512}
 MAX_STEPS = 10**5  # sampling steps
 
 
@@ -153,6 +156,20 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
         have = f"{data.num_classes} classes" if data.train_labels is not None else "no labels"
         raise UsageError(f"model.num_classes={cfg.model.num_classes}, but dataset={data.name} has {have}; "
                          f"use model.num_classes={data.num_classes if data.train_labels is not None else 0}")
+    cond = cfg.get("cond")
+    if cond is not None and cond.name != "none":
+        if cfg.task != "diffusion":
+            raise UsageError(f"cond={cond.name} conditions a diffusion model; task={cfg.task} does not use it")
+        if cfg.model.num_classes:
+            raise UsageError(f"cond={cond.name} and model.num_classes both condition on the labels: keep one (cond=class reads them through "
+                             "cross-attention, model.num_classes adds them to the time embedding)")
+        if cfg.model.arch != "unet":
+            raise UsageError(f"cond={cond.name} reads its condition through cross-attention, which model.arch=unet has; model.arch={cfg.model.arch} has not")
+        if data.train_labels is None:
+            raise UsageError(f"cond={cond.name} needs a labelled dataset (its captions are templated from the labels); dataset={data.name} has no labels")
+        width = cfg.model.get("context_dim") or 128
+        if cond.name == "text" and width % cond.heads:
+            raise UsageError(f"cond.heads={cond.heads} must divide the text encoder's width model.context_dim={width}")
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     tc = cfg.trainer

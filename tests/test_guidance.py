@@ -96,9 +96,9 @@ def test_classifier_guided_sampling_matches_conditional_sampling_on_the_oracle()
     assert out.nfe == 15 and out.classifier_nfe == 15
     # an unconditional model (null = 0): classifier guidance alone; s = 0 is plain unconditional sampling
     uncond = lambda x, s: oracle(x, s)
-    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior))
+    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, None, classifier=oracle.log_posterior))
     assert (_component(oracle, out.samples) == labels).all() and out.nfe == 15
-    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, 0, classifier=oracle.log_posterior, classifier_scale=0.0))
+    out = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape, cond=Conditioning(labels, None, classifier=oracle.log_posterior, classifier_scale=0.0))
     plain = generate(uncond, ab, _sampler("ddim"), 15, 30, data.shape).samples
     assert torch.equal(out.samples, plain) and out.classifier_nfe == 0
 

@@ -1,8 +1,9 @@
 """Steering a denoiser: classifier-free guidance, classifier guidance and masked editing (inpainting).
 
 Everything is a wrapper that returns another D(x, sigma), so every sampler works with it.
-``denoise(x, sigma, y)`` is a class-conditional denoiser where label ``null`` means
-"unconditional" (the label a classifier-free model was trained with when its label was dropped).
+``denoise(x, sigma, y)`` is a conditional denoiser where the condition ``null`` means "unconditional"
+(what a classifier-free model was trained with when its condition was dropped: the null label, or the
+token ids of the empty prompt).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def classifier_free(denoise: Callable, labels: torch.Tensor, null: int, scale: float, rescale: float = 0.0) -> Callable:
+def classifier_free(denoise: Callable, labels: torch.Tensor, null, scale: float, rescale: float = 0.0) -> Callable:
     """D_w = D(x, sigma, null) + w (D(x, sigma, y) - D(x, sigma, null))  (Ho & Salimans 2022).
 
+    ``labels`` ``[N, ...]``: each image's condition (class labels ``[N]`` or token ids ``[N, L]``); ``null``: one
+    item's null condition (the null label, or the empty prompt's ids), broadcast over the batch.
     w = 1 is the conditional model, w = 0 the unconditional one (one network pass each); other w
     run both in one batch.  The combination is the same in x0, eps or v space (all affine in the
     output for fixed x and sigma).  ``rescale`` = phi in [0, 1] (Lin et al. 2024, Alg. 2, on the
@@ -29,10 +32,11 @@ def classifier_free(denoise: Callable, labels: torch.Tensor, null: int, scale: f
         y = labels.to(x.device)
         if scale == 1.0:  # rescaling the conditional prediction to its own std changes nothing
             return denoise(x, sigma, y)
+        y_null = torch.as_tensor(null, device=x.device).to(y.dtype).expand_as(y)
         if scale == 0.0:
-            return denoise(x, sigma, torch.full_like(y, null))
+            return denoise(x, sigma, y_null)
         sig = sigma.expand(len(x)) if sigma.ndim == 0 else sigma
-        both = denoise(torch.cat([x, x]), torch.cat([sig, sig]), torch.cat([y, torch.full_like(y, null)]))
+        both = denoise(torch.cat([x, x]), torch.cat([sig, sig]), torch.cat([y, y_null]))
         cond, uncond = both.chunk(2)
         out = uncond + scale * (cond - uncond)
         if rescale:

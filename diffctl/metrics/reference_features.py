@@ -92,7 +92,8 @@ def prdc_ref(ctx: EvalContext) -> dict:
 @register("cond_acc", images_with_classes)
 @torch.no_grad()
 def cond_acc(ctx: EvalContext) -> dict:
-    """Conditional accuracy: how often the reference classifier assigns a sample its requested class.
+    """Conditional accuracy: how often the reference classifier assigns a sample its requested class (for prompts,
+    the class the prompt is a caption of: prompt-following).
 
     ``floor`` is the classifier's accuracy on held-out real images (what real digits of the
     right class score; prototypical guided samples can exceed it); ``per_class`` the accuracy for
@@ -101,7 +102,8 @@ def cond_acc(ctx: EvalContext) -> dict:
     """
     labels = ctx.labels()
     if labels is None:
-        raise Skipped("the samples are unconditional: sample a class-conditional model with classes=all (or [3,7])")
+        raise Skipped("the samples have no requested class: sample a class-conditional model with classes=all (or [3,7]), "
+                      "a text-conditioned one with prompts=train|heldout or captions of its classes")
     net, info, _, _, samples = _reference(ctx)
     hit = (net(samples).argmax(1) == labels).double()
     p = hit.mean().item()

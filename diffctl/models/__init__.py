@@ -24,8 +24,11 @@ AUTOENCODERS = Registry("autoencoder")  # task=autoencoder's networks, by autoen
 AUTOENCODERS.register("kl")(KLAutoencoder)
 
 
-def build_model(model_cfg, data_shape, classify: int = 0) -> nn.Module:
-    """The network of ``model_cfg`` for data of shape ``[C, H, W]`` or ``[D]``."""
+def build_model(model_cfg, data_shape, classify: int = 0, context_dim: int | None = None) -> nn.Module:
+    """The network of ``model_cfg`` for data of shape ``[C, H, W]`` or ``[D]``; ``context_dim`` (the unet) overrides
+    ``model.context_dim``: the width of the context tokens its cross-attention reads, 0 for none."""
+    if context_dim is not None:
+        model_cfg = {**model_cfg, "context_dim": context_dim}
     return MODELS.build(model_cfg, tuple(data_shape), classify)
 
 

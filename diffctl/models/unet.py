@@ -70,6 +70,30 @@ class Attention(nn.Module):
         return x + self.proj(out).reshape(n, c, h, w)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from the H*W positions of a feature map to a sequence of context tokens ``[N, L, context_dim]``
+    (Stable Diffusion's cross-attention: queries from the image, keys and values from the condition), with a residual.
+    ``mask`` ``[N, L]`` (True = attend) hides padding tokens."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = _norm(channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)  # starts as the identity: the condition enters gradually
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        d = c // self.heads
+        q = self.q(self.norm(x).reshape(n, c, h * w).transpose(1, 2)).reshape(n, h * w, self.heads, d).transpose(1, 2)
+        k, v = self.kv(context.to(q.dtype)).reshape(n, context.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+        return x + self.proj(out.transpose(1, 2).reshape(n, h * w, c)).transpose(1, 2).reshape(n, c, h, w)
+
+
 class ClassEmbedding(nn.Module):
     """Adds a learned label embedding to the time embedding; label ``num_classes`` (also ``y=None``)
     is the null label of classifier-free guidance.  With ``num_classes = 0`` it does nothing."""
@@ -104,9 +128,12 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         heads: int = 4,
         num_classes: int = 0,
+        context_dim: int = 0,
     ):
         """``classify`` = K > 0 builds a noise-aware classifier instead (Dhariwal & Nichol's encoder UNet):
-        the encoder and middle blocks, then GroupNorm, SiLU, global average pooling and K logits."""
+        the encoder and middle blocks, then GroupNorm, SiLU, global average pooling and K logits.
+        ``context_dim`` > 0 adds cross-attention to context tokens of that width after every self-attention
+        (at ``attn_resolutions`` and in the middle block); ``forward`` then takes ``context`` (``cond=class|text|clip``)."""
         super().__init__()
         if len(data_shape) != 3:
             raise ValueError(f"model arch 'unet' needs image data [C, H, W]; this dataset is {list(data_shape)}: use model=mlp")
@@ -126,6 +153,8 @@ class UNet(nn.Module):
             block = nn.ModuleList([ResBlock(c_in, c_out, emb_dim, dropout)])
             if res in attn_resolutions:
                 block.append(Attention(c_out, heads))
+                if context_dim:
+                    block.append(CrossAttention(c_out, context_dim, heads))
             return block
 
         self.down, skips, c, res = nn.ModuleList(), [channels], channels, image_size
@@ -138,7 +167,8 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
                 res //= 2
                 skips.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c, heads), ResBlock(c, c, emb_dim, dropout)])
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c, heads),
+                                  *([CrossAttention(c, context_dim, heads)] if context_dim else []), ResBlock(c, c, emb_dim, dropout)])
         self.head = nn.Sequential(_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classify)) if classify else None
         self.up = nn.ModuleList()
         if classify:
@@ -156,21 +186,30 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     @staticmethod
-    def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
         for layer in layers:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, CrossAttention):
+                h = layer(h, *context)
+            else:
+                h = layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``y``: class labels (``num_classes``); ``context`` ``[N, L, context_dim]``: the tokens cross-attention reads
+        (``context_mask`` ``[N, L]``, True = a real token)."""
         emb = self.label_embed(self.time_embed(timestep_embedding(t, self.channels)), y)
+        ctx = (context, context_mask)
         h = self.stem(x)
         hs = [h]
         for layers in self.down:
-            h = self._run(layers, h, emb)
+            h = self._run(layers, h, emb, ctx)
             hs.append(h)
-        h = self._run(self.mid, h, emb)
+        h = self._run(self.mid, h, emb, ctx)
         if self.head is not None:
             return self.head(h)
         for layers in self.up:
-            h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb)
+            h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb, ctx)
         return self.out(h)

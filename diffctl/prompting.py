@@ -1,0 +1,261 @@
+"""How a diffusion model is conditioned (``cond=``), and prompts turned into what its network reads.
+
+    none   unconditional, or class labels added to the time embedding (``model.num_classes``)
+    class  one learned token per class, read through cross-attention (label K is the null label)
+    text   captions -> word ids -> a small transformer trained jointly with the denoiser (GLIDE)
+    clip   captions -> CLIP token ids -> a local, frozen Hugging Face CLIP text encoder (Stable Diffusion)
+
+A labelled dataset's captions are templated from its labels in a few phrasings ("a handwritten 7",
+"the digit seven", ...); other phrasings of the same words are held out of training, to measure
+whether the model follows a prompt it has not seen ("the digit 7").  A condition object (``Cond``)
+builds the context encoder, draws a training batch's conditions on the device (a random phrasing of
+each item's class, dropped to the null condition at ``trainer.cond_drop_prob``), encodes prompts
+for sampling, and writes the record a checkpoint keeps to rebuild it (``state["cond"]``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .core.registry import Registry
+from .errors import UsageError
+from .models.context import BOS, PAD, ClassTokens, FrozenCLIP, TextEncoder
+
+CONDS = Registry("cond")
+PROMPT_SETS = ("train", "heldout")  # prompts=train | heldout: the templated captions of that set
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_DATASETS = ("digits", "digits_gmm", "mnist", "mnist5k")
+CLASS_NAMES = {
+    "fashion_mnist": ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+# (training phrasings, held-out phrasings): the held-out ones recombine the training words ({n}: the numeral, {w}: the word)
+DIGIT_TEMPLATES = (("a handwritten {n}", "the digit {w}", "a picture of the number {w}", "{n}", "the number {n}"),
+                   ("a handwritten {w}", "the digit {n}", "a picture of the number {n}", "{w}", "the number {w}"))
+NAME_TEMPLATES = (("a photo of a {w}", "the {w}", "a picture of a {w}"), ("a picture of the {w}", "a {w}", "a photo of the {w}"))
+CLASS_TEMPLATES = (("class {n}", "an item of class {n}"), ("an item of the class {n}", "the class {n}"))
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text`` (letters and digits, hyphens inside a word kept): its normal form."""
+    return re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", text.lower())
+
+
+def templated_captions(dataset: str, num_classes: int) -> dict:
+    """``{"train": [[caption, ...] per class], "heldout": [...]}`` for a labelled dataset."""
+    if dataset in DIGIT_DATASETS:
+        templates, names = DIGIT_TEMPLATES, [(str(k), DIGIT_WORDS[k]) for k in range(num_classes)]
+    elif dataset in CLASS_NAMES and len(CLASS_NAMES[dataset]) == num_classes:
+        templates, names = NAME_TEMPLATES, [(w, w) for w in CLASS_NAMES[dataset]]
+    else:
+        templates, names = CLASS_TEMPLATES, [(str(k), str(k)) for k in range(num_classes)]
+    return {part: [[t.format(n=n, w=w) for t in phrasings] for n, w in names] for part, phrasings in zip(PROMPT_SETS, templates)}
+
+
+class Cond:
+    """A model's condition: ``null`` (one item's unconditional input), ``encoder(dim)``, ``draw`` (training inputs)
+    and ``record()`` (what its checkpoint keeps)."""
+
+    name = ""
+    null: torch.Tensor
+
+    def encoder(self, dim: int, pretrained: bool = True) -> nn.Module:
+        raise NotImplementedError
+
+    def draw(self, y: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
+        """The network inputs of items of classes ``y`` (on ``g``'s device), each the null condition with probability ``drop``."""
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        return {"name": self.name}
+
+    def inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """The network inputs that ask for classes ``labels`` (a prompt model: each class's first training phrasing)."""
+        return labels
+
+
+def _dropped(inputs: torch.Tensor, null: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
+    hit = torch.rand(len(inputs), generator=g, device=inputs.device) < drop
+    return torch.where(hit.reshape(-1, *[1] * (inputs.ndim - 1)), null.to(inputs.device), inputs)
+
+
+class ClassCond(Cond):
+    """``cond=class``: the dataset's classes, one learned token each through cross-attention."""
+
+    name = "class"
+
+    def __init__(self, data=None, record: Optional[dict] = None):
+        self.num_classes = record["num_classes"] if record else data.num_classes
+        self.null = torch.tensor(self.num_classes)
+
+    def encoder(self, dim, pretrained=True):
+        return ClassTokens(self.num_classes, dim)
+
+    def draw(self, y, drop, g):
+        return _dropped(y, self.null, drop, g)
+
+    def record(self):
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
+class PromptCond(Cond):
+    """Captions of each class (``captions["train"][k]``: the phrasings of class k seen in training) and a tokenizer:
+    ``encode(prompts)`` -> ``[N, L]`` token ids; ``draw`` picks a training phrasing per item."""
+
+    def __init__(self, captions: dict):
+        self.captions = captions
+        self.num_classes = len(captions["train"])
+        self._table = None
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def label_of(self, prompt: str) -> Optional[int]:
+        """The class whose (training or held-out) caption ``prompt`` is, in normal form; None for another prompt."""
+        key = " ".join(words(prompt))
+        return next((k for part in PROMPT_SETS for k, caps in enumerate(self.captions[part]) if key in (" ".join(words(c)) for c in caps)), None)
+
+    def inputs(self, labels):
+        return self.encode([self.captions["train"][k][0] for k in labels.tolist()])
+
+    def draw(self, y, drop, g):
+        if self._table is None or self._table.device != y.device:
+            self._table = torch.stack([self.encode(caps) for caps in self.captions["train"]]).to(y.device)  # [K, P, L]
+        phrasing = torch.randint(self._table.shape[1], (len(y),), generator=g, device=y.device)
+        return _dropped(self._table[y, phrasing], self.null, drop, g)
+
+
+class TextCond(PromptCond):
+    """``cond=text``: a word-level vocabulary built from the training captions and a small transformer trained with the
+    denoiser.  A prompt word outside the vocabulary is refused (``unknown_words=error``) or left out (``skip``)."""
+
+    name = "text"
+
+    def __init__(self, data=None, record: Optional[dict] = None, *, layers: int = 2, heads: int = 4, max_words: int = 16,
+                 unknown_words: str = "error"):
+        super().__init__(record["captions"] if record else templated_captions(data.name, data.num_classes))
+        if record:
+            self.vocab = list(record["vocab"])
+        else:
+            seen = dict.fromkeys(w for caps in self.captions["train"] for c in caps for w in words(c))
+            self.vocab = ["<pad>", "<bos>", *seen]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.layers, self.heads, self.max_words, self.unknown_words = layers, heads, max_words, unknown_words
+        self.null = self.encode([""])[0]
+
+    def encode(self, prompts):
+        out = torch.full((len(prompts), self.max_words + 1), PAD, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ws = words(p)
+            unknown = [w for w in ws if w not in self.index]
+            if unknown and self.unknown_words == "error":
+                raise UsageError(f"prompt {p!r}: {', '.join(repr(w) for w in dict.fromkeys(unknown))} not in this model's vocabulary "
+                                 f"of {len(self.vocab) - 2} words ({', '.join(self.vocab[2:])}); it was trained with cond.unknown_words=error "
+                                 "(cond.unknown_words=skip leaves such words out)")
+            ids = [BOS] + [self.index[w] for w in ws if w in self.index]
+            if len(ids) > self.max_words + 1:
+                raise UsageError(f"prompt {p!r} has {len(ids) - 1} words; this model reads at most cond.max_words={self.max_words}")
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def encoder(self, dim, pretrained=True):
+        return TextEncoder(len(self.vocab), self.max_words + 1, dim, self.layers, self.heads)
+
+    def record(self):
+        return {"name": self.name, "captions": self.captions, "vocab": self.vocab}
+
+
+CLIP_FILES = {"config.json": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin"),
+              "tokenizer": ("tokenizer.json", "vocab.json")}
+
+
+def check_clip_folder(path: str, recorded: bool = False) -> Path:
+    """The local CLIP folder of ``cond.path``, checked for a config, weights and tokenizer files (never downloaded);
+    ``recorded``: the folder a checkpoint names (its tokenizer is read from there)."""
+    folder = Path(path).expanduser()
+    if recorded and not folder.is_dir():
+        raise UsageError(f"this model reads prompts through the CLIP folder {folder}, which is not there any more (moved or deleted): "
+                         "put it back, its tokenizer turns prompts into the token ids the model was trained on")
+    if not path or not folder.is_dir():
+        raise UsageError(f"cond=clip needs cond.path=<a local Hugging Face CLIP folder> (config.json, model.safetensors, tokenizer files); "
+                         f"{path or 'none'} is not a folder. diffctl never downloads one: save one with CLIPTextModel.save_pretrained "
+                         "and CLIPTokenizer.save_pretrained")
+    missing = [" or ".join(names) for names in CLIP_FILES.values() if not any((folder / n).is_file() for n in names)]
+    if (folder / "vocab.json").is_file() and not (folder / "tokenizer.json").is_file() and not (folder / "merges.txt").is_file():
+        missing.append("merges.txt")
+    if missing:
+        raise UsageError(f"cond.path={folder} is missing {', '.join(missing)}: it needs a CLIP text model's config and weights "
+                         "and its tokenizer (CLIPTextModel / CLIPTokenizer save_pretrained)")
+    return folder
+
+
+class ClipCond(PromptCond):
+    """``cond=clip``: a local Hugging Face CLIP text encoder + tokenizer folder (``cond.path``), frozen; its last hidden
+    states are the context (a learned projection when their width is not ``model.context_dim``).  Needs ``transformers``
+    (``pip install 'diffctl[clip]'``); nothing is ever downloaded."""
+
+    name = "clip"
+
+    def __init__(self, data=None, record: Optional[dict] = None, *, path: str = ""):
+        super().__init__(record["captions"] if record else templated_captions(data.name, data.num_classes))
+        self.path = check_clip_folder(record["path"] if record else path, recorded=bool(record))
+        try:
+            from transformers import CLIPTextConfig, CLIPTokenizerFast
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise UsageError("cond=clip needs Hugging Face transformers: pip install 'diffctl[clip]'") from None
+        hf_logging.disable_progress_bar()
+        self.config = CLIPTextConfig.from_pretrained(self.path, local_files_only=True)
+        self.tokenizer = CLIPTokenizerFast.from_pretrained(self.path, local_files_only=True)
+        self.length = min(self.tokenizer.model_max_length, self.config.max_position_embeddings)
+        self.null = self.encode([""])[0]
+
+    def encode(self, prompts):
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.length, truncation=True, return_tensors="pt").input_ids
+
+    def encoder(self, dim, pretrained=True):
+        from transformers import CLIPTextModel
+
+        clip = CLIPTextModel.from_pretrained(self.path, local_files_only=True) if pretrained else CLIPTextModel(self.config)
+        return FrozenCLIP(clip, dim)
+
+    def record(self):
+        return {"name": self.name, "captions": self.captions, "path": str(self.path)}
+
+
+def no_cond(data=None, record=None):
+    return None
+
+
+CONDS.register("none")(no_cond)
+CONDS.register("class")(ClassCond)
+CONDS.register("text")(TextCond)
+CONDS.register("clip")(ClipCond)
+
+DEFAULT_CONTEXT_DIM = 128
+
+
+def build_cond(cond_cfg, data=None, record: Optional[dict] = None) -> Optional[Cond]:
+    """The condition of ``cond_cfg`` (a run's ``cond`` group; None: a run from before it existed) for ``data`` at training,
+    or from a checkpoint's ``record``; None for ``cond=none``."""
+    if cond_cfg is None or cond_cfg.get("name", "none") == "none":
+        return None
+    return CONDS.build(cond_cfg, data, record)
+
+
+def build_network(model_cfg, data_shape, cond: Optional[Cond], classify: int = 0, pretrained: bool = True) -> nn.Module:
+    """The model's network, behind ``cond``'s context encoder when there is one (``model.context_dim`` wide tokens,
+    ``DEFAULT_CONTEXT_DIM`` when it is 0)."""
+    from .models import build_model
+    from .models.context import Conditioned
+
+    if cond is None:
+        return build_model(model_cfg, data_shape, classify)
+    dim = model_cfg.get("context_dim") or DEFAULT_CONTEXT_DIM
+    return Conditioned(build_model(model_cfg, data_shape, classify, context_dim=dim), cond.encoder(dim, pretrained), cond.null)
