@@ -86,6 +86,7 @@ class Conditioning:
     classifier_info: dict = field(default_factory=dict)  # which classifier (checkpoint and step), for the records
     inputs: Optional[torch.Tensor] = None  # [num_samples, ...] what the network is given per image (None: the labels)
     prompts: Optional[list] = None  # the prompt of each image (a text-conditioned model)
+    pixels: Optional[tuple] = None  # a latent model's inpainting: (known image, mask) in pixels; ``known`` / ``mask`` are its latents'
 
     @property
     def condition(self) -> Optional[torch.Tensor]:

@@ -39,6 +39,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def latent_mask(hole: torch.Tensor, latent_shape) -> torch.Tensor:
+    """The latent positions to regenerate ``[c, h, w]`` (1 = regenerate) for the pixels ``hole`` ``[C, H, W]``: every
+    position whose patch of pixels touches the hole (max-pooling), in every latent channel."""
+    c, h, w = latent_shape
+    m = torch.nn.functional.adaptive_max_pool2d(hole.amax(0)[None, None].float(), (h, w))[0, 0]
+    return m.expand(c, h, w).clone()
+
+
 @dataclass
 class LatentSpace:
     """A trained autoencoder seen as the map between pixels and (scaled) latents."""

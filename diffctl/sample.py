@@ -23,15 +23,19 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("sampling from %s", source.describe())
     gen = generate_from_config(source, cfg, device, cfg.steps)
     samples, info, data = gen.samples, gen.record(), source.data
+    cond = gen.conditioning
     if source.decode is not None:  # a latent model: its samples are latents, the pictures pixels
         samples = source.decode(samples)
+        if cond is not None and cond.pixels is not None:  # inpainting: the known pixels, as the autoencoder cannot quite reproduce them
+            known, keep = cond.pixels
+            samples = keep * known + (1 - keep) * samples
     log.info("visited timesteps: %s", gen.timesteps)
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
-    cond = gen.conditioning
     if cond is not None and cond.known is not None:
-        files["inpaint_grid"] = str(save_inpaint_grid(cond.known, cond.mask, samples, run_dir / "inpaint.png"))
+        known, keep = cond.pixels or (cond.known, cond.mask)
+        files["inpaint_grid"] = str(save_inpaint_grid(known, keep, samples, run_dir / "inpaint.png"))
         info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample}
-        kept = (samples - cond.known).abs().mul(cond.mask).amax().item()
+        kept = (samples - known).abs().mul(keep).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
     if gen.prompts is not None:
         log.info("%d prompts (%s) with %s", len(set(gen.prompts)), "of classes " + str(sorted(set(gen.labels.tolist()))) if gen.labels is not None

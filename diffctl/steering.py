@@ -126,14 +126,13 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
     if g.rescale and g.scale == 1.0:
         log.warning("guidance.rescale=%s does nothing at guidance.scale=1 (the conditional model itself)", g.rescale)
     inp = cfg.get("inpaint")
-    known = mask = None
+    known = mask = shown = None
     if inp is not None and (inp.image is not None or inp.mask is not None):
         if inp.image is None or inp.mask is None:
             raise UsageError("inpainting needs both inpaint.image=<test index | PNG> and inpaint.mask=<region | PNG>")
+        data = source.pixels if source.pixels is not None else data  # a latent model: the request is in pixels
         if not data.is_image:
             raise UsageError("inpainting needs image data")
-        if source.decode is not None:
-            raise UsageError("inpainting with a latent model is not supported yet: its samples are latents, the mask is in pixels")
         if isinstance(inp.image, int):
             if not 0 <= inp.image < len(data.test):
                 raise UsageError(f"inpaint.image={inp.image}: the test split has images 0..{len(data.test) - 1}")
@@ -146,6 +145,14 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
             hole = (load_png(str(inp.mask), data.shape, "inpaint.mask") > 0).float()
         else:
             raise UsageError(f"inpaint.mask={inp.mask}: choose {', '.join(MASKS)} or a PNG file (white = regenerate)")
+        if source.latent is not None:  # Stable Diffusion's way: replacement inpainting of the encoded image in the latent space
+            from .latent import latent_mask
+
+            shown = (known, 1 - hole)
+            known = source.latent.encode(known[None])[0]
+            hole_px, hole = hole, latent_mask(hole, known.shape)
+            log.info("inpainting in the latent space: the %d masked pixels make %d of %d latent positions to regenerate; "
+                     "the known pixels are pasted back after decoding", int(hole_px.amax(0).sum()), int(hole[0].sum()), hole[0].numel())
         mask = 1 - hole  # 1 = known
         if inp.resample > 1 and cfg.sampler.name != "ddpm":
             log.warning("inpaint.resample=%d: RePaint takes DDPM steps; sampler=%s is not used", inp.resample, cfg.sampler.name)
@@ -156,7 +163,7 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         return None
     return Conditioning(labels, source.null, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
                         classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {},
-                        inputs, prompts)
+                        inputs, prompts, shown)
 
 
 def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, steps: int,

@@ -19,6 +19,19 @@ LATENT = ["model=unet_tiny", "trainer.steps=6", "trainer.batch_size=8", "trainer
           "trainer.log_every=2", "trainer.eval_every=0", "optim.warmup_steps=1"]
 
 
+def test_a_pixel_hole_regenerates_every_latent_position_whose_patch_it_touches():
+    from diffctl.latent import latent_mask
+
+    hole = torch.zeros(1, 8, 8)
+    hole[0, 5, 6] = 1
+    m = latent_mask(hole, (4, 4, 4))
+    assert m.shape == (4, 4, 4) and m.sum() == 4 and (m[:, 2, 3] == 1).all()  # pixel (5, 6) lies in the 2x2 patch of latent (2, 3)
+    hole = torch.zeros(3, 28, 28)
+    hole[1, :, :14] = 1  # one channel's left half (mnist-sized, latents 7x7)
+    m = latent_mask(hole, (4, 7, 7))
+    assert (m[:, :, :4] == 1).all() and (m[:, :, 4:] == 0).all()  # columns 0-13 touch latent columns 0-3 (patch 3 spans 12-15)
+
+
 @pytest.mark.slow
 def test_a_latent_model_records_its_autoencoder_samples_and_evaluates_in_pixels_and_refuses_a_changed_one(diffctl, cli, cache_dir, tmp_path):
     from diffctl.config import load_option
@@ -59,9 +72,11 @@ def test_a_latent_model_records_its_autoencoder_samples_and_evaluates_in_pixels_
         expected = frechet_to_reference(ref.features(recon), mu, sigma)
     assert floor["metrics"]["fd_ref"] == pytest.approx(expected, rel=1e-3)
 
-    # a moved or changed autoencoder, and what latent models cannot do yet: one line each
-    assert_one_line_error(cli("sample", f"ckpt={latent}", "inpaint.image=0", "inpaint.mask=left"), "sample",
-                          "inpainting with a latent model is not supported yet")
+    # inpainting in the latent space: the image encoded, the left half max-pooled to latent columns 0-1, the known pixels pasted back
+    inp = diffctl("sample", f"ckpt={latent}", "steps=3", "num_samples=4", "inpaint.image=0", "inpaint.mask=left")
+    assert "the 32 masked pixels make 8 of 16 latent positions to regenerate" in inp.stdout + inp.stderr
+    assert "known pixels changed by at most 0;" in inp.stdout + inp.stderr and (run_folder(inp) / "inpaint.png").exists()
+    # a moved or changed autoencoder: one line each
     original = ae_ckpt.read_bytes()
     ae_ckpt.write_bytes(original + b"\0")
     assert_one_line_error(cli("sample", f"ckpt={latent}"), "sample", "has changed since this latent model was trained on it (SHA-256 mismatch)")
