@@ -51,6 +51,8 @@ def _value(v) -> str:
         return "[" + ",".join(_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, str) and not v.replace("_", "").isalnum():  # spaces, quotes, punctuation: a quoted string
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return "null" if v is None else str(v)
 
 
@@ -96,18 +98,21 @@ class Run:
 
         return inert_config(load_checkpoint(self.checkpoint)["config"])
 
-    def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50, classes=None, guidance: float = 1.0, seed: int = 0,
+    def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50, classes=None, prompts=None, guidance: float = 1.0, seed: int = 0,
                batch_size: int = 256, overrides: Sequence[str] = ()) -> torch.Tensor:
         """``n`` samples ``[n, ...]`` (float32, CPU), as ``diffctl sample`` makes them: image i depends only on seed + i.
 
         ``classes``: ``"all"``, a class or a list of them (a class-conditional model, or with
-        ``overrides=["guidance.classifier=<run>"]``); ``guidance``: classifier-free guidance scale w;
+        ``overrides=["guidance.classifier=<run>"]``); ``prompts``: a text-conditioned model's prompt, a list of them
+        (cycled over the images), or ``"train"`` / ``"heldout"``; ``guidance``: classifier-free guidance scale w;
         ``overrides``: any other sample option, e.g. ``["sampler.spacing=karras", "sampler.eta=1"]``.
         """
         from .steering import generate_from_config
 
         cfg = _compose("sample", [*self._base, f"sampler={sampler}", f"steps={steps}", f"num_samples={n}", f"seed={seed}",
-                                  f"batch_size={batch_size}", f"classes={_value(classes)}", f"guidance.scale={guidance}", *overrides])
+                                  f"batch_size={batch_size}", f"classes={_value(classes)}", f"guidance.scale={guidance}",
+                                  *([f"prompts={_value(prompts)}" if prompts in ("train", "heldout") or not isinstance(prompts, str)
+                                     else f"prompt={_value(prompts)}"] if prompts is not None else []), *overrides])
         return generate_from_config(self.source, cfg, self.device, cfg.steps).samples
 
     def __repr__(self) -> str:

@@ -151,7 +151,7 @@ class AutoencoderTask:
         return net
 
     def wrap(self, net) -> Reconstruction:
-        return Reconstruction(net, self.cfg.autoencoder.kl_weight)
+        return Reconstruction(net, self.cfg.autoencoder.kl_weight, self.cfg.autoencoder.get("disc_weight", 0.0))
 
     def draw(self, g, x0, y, train=True) -> dict:
         return {"noise": torch.randn((len(x0), *self.latent_shape), generator=g, device=g.device, dtype=x0.dtype)}

@@ -38,7 +38,7 @@ BOUNDS = {
     "guidance.classifier_scale": (0, True),
     "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True), "model.lr": (0, False),
     "autoencoder.latent_channels": (1, True), "autoencoder.channels": (1, True), "autoencoder.num_res_blocks": (1, True),
-    "autoencoder.kl_weight": (0, True),
+    "autoencoder.kl_weight": (0, True), "autoencoder.disc_weight": (0, True), "autoencoder.disc_channels": (1, True),
     "model.channels": (1, True), "model.heads": (1, True), "model.num_res_blocks": (1, True), "model.hidden": (1, True),
     "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),

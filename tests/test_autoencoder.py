@@ -32,6 +32,31 @@ def test_the_loss_is_reconstruction_mse_plus_the_weighted_kl_per_latent_element(
     assert psnr(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.2)).item() == pytest.approx(10 * math.log10(4 / 0.04))
 
 
+def test_the_discriminator_and_the_autoencoder_each_get_only_their_own_adversarial_gradient():
+    from diffctl.models.autoencoder import Reconstruction
+
+    torch.manual_seed(0)
+    assert KLAutoencoder((1, 8, 8), downsample=2).discriminator is None  # disc_weight=0 (the default): no discriminator at all
+    net = KLAutoencoder((1, 8, 8), downsample=2, disc_weight=0.5, disc_channels=8)
+    x, noise = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randn(6, 4, 4, 4)
+    recon, mean, logvar, (fool, critic) = net(x, noise)
+    d, ae = list(net.discriminator.parameters()), [*net.encoder.parameters(), *net.decoder.parameters()]
+    g_fool = torch.autograd.grad(fool.sum(), d + ae, allow_unused=True)
+    assert all(g is None for g in g_fool[:len(d)]) and any(g is not None and g.abs().sum() > 0 for g in g_fool[len(d):])
+    g_critic = torch.autograd.grad(critic.sum(), d + ae, allow_unused=True)
+    assert all(g is not None for g in g_critic[:len(d)]) and all(g is None for g in g_critic[len(d):])
+    # the hinge terms against their definitions, and the total the training step minimises
+    logits_fake, logits_real = net.discriminator(recon), net.discriminator(x)
+    assert torch.allclose(fool, -logits_fake.flatten(1).mean(1), atol=1e-6)
+    expected_critic = 0.5 * ((1 - logits_real).clamp(min=0).flatten(1).mean(1) + (1 + logits_fake).clamp(min=0).flatten(1).mean(1))
+    assert torch.allclose(critic, expected_critic, atol=1e-6)
+    torch.manual_seed(1)
+    total = Reconstruction(net, 1e-4, 0.5).loss(x, noise)
+    assert torch.allclose(total, autoencoder_loss(x, recon, mean, logvar, 1e-4) + 0.5 * fool + critic, atol=1e-5)
+    net.eval()
+    assert len(net(x)) == 3  # reconstructions for pictures and latents: no adversarial terms
+
+
 def test_a_short_run_reconstructs_digits_far_better_than_the_mean_image(tmp_path, cache_dir):
     trainer = make_trainer(tmp_path, "task=autoencoder", "autoencoder.downsample=2", "trainer.steps=300", "trainer.log_every=50",
                            "trainer.batch_size=64", "optim.warmup_steps=100", "trainer.ckpt_every=0", f"paths.cache_dir={cache_dir}")

@@ -140,6 +140,12 @@ def test_cli_prompts_sample_and_bad_prompts_are_one_line_errors(diffctl, cli):
     assert record["labels"] == [3, 7, 3, 7, 3, 7] and record["guidance"]["scale"] == 2.0 and record["nfe"] == 4
     free = json.loads((run_folder(diffctl("sample", "prompt=the digit 3 the digit", "num_samples=2", "steps=2")) / "sample.json").read_text())
     assert "labels" not in free and free["prompts"] == ["the digit 3 the digit"] * 2
+    import diffctl  # the Python API takes prompts as the CLI does
+
+    model = diffctl.load(run)
+    three = model.sample(4, prompts="the digit three", guidance=2.0, steps=2)
+    assert three.shape == (4, 1, 8, 8) and torch.equal(three, model.sample(4, prompts=["the digit three"], guidance=2.0, steps=2))
+    assert not torch.equal(three, model.sample(4, prompts="the digit seven", guidance=2.0, steps=2))
     assert_one_line_error(cli("sample", "prompt=a drawn three", "steps=2"), "sample", "'drawn' not in this model's vocabulary")
     assert_one_line_error(cli("sample", "prompt=a three", "prompts=[a three]", "steps=2"), "sample", "not both")
     assert_one_line_error(cli("sample", "prompts=validation", "steps=2"), "sample", "one of train, heldout")
