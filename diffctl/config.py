@@ -142,6 +142,18 @@ class PathsConfig:
 
 
 @dataclass
+class SuperresConfig:
+    factor: int = 2  # task=superres: upsampling factor, 2 or 4 (the low-resolution image is area-downsampled by it)
+    noise: float = 0.0  # conditioning augmentation: Gaussian noise of std ~ U[0, noise] on the low-res image in training
+    blur: float = 0.0  # conditioning augmentation: a Gaussian blur of this sigma (pixels) on half of the low-res images in training
+
+
+@dataclass
+class SuperresInput:
+    image: Any = None  # a super-resolution model's inputs: test indices ([0,5] or 3), a PNG or a folder of PNGs; null: the test split
+
+
+@dataclass
 class LatentConfig:
     autoencoder: Optional[str] = None  # a task=autoencoder run folder | checkpoint | latest: train in its latent space
 
@@ -161,9 +173,10 @@ class TrainConfig:
     autoencoder: Any = None  # what task=autoencoder trains
     cond: Any = None  # cross-attention conditioning: cond=none | class | text | clip
     latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion: latent.autoencoder=<run>
+    superres: SuperresConfig = field(default_factory=SuperresConfig)  # what task=superres learns
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion)
+    task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion) | superres
     resume: str = "auto"  # auto: continue from this run folder's newest checkpoint | never | <run folder or file>
 
 
@@ -199,6 +212,7 @@ class SampleConfig:
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
     prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    superres: SuperresInput = field(default_factory=SuperresInput)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
 
@@ -221,6 +235,7 @@ class EvalConfig:
     classes: Any = None  # class-conditional models: all, [3, 7] or 3; None: unconditional samples
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
     prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
+    superres: SuperresInput = field(default_factory=SuperresInput)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 

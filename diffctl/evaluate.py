@@ -92,6 +92,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     source = load_source(cfg, device)
     data = source.data
     pixels = source.pixels if source.latent is not None else data  # a latent model's samples are scored decoded, in pixels
+    if getattr(source.cond, "name", None) == "lowres":  # a super-resolution model: scored against the real images too
+        cfg.metrics = list(cfg.metrics) + [m for m in ("sr_psnr", "sr_ssim", "sr_consistency") if m not in cfg.metrics]
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], pixels if METRICS[m].uses_samples else data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
@@ -110,8 +112,13 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
             samples()
             return cache["gen"].labels
 
+        def conditioning():
+            samples()
+            return cache["gen"].conditioning
+
         ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
-                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels)
+                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels,
+                          conditioning=conditioning)
         in_pixels = ctx if source.latent is None else replace(ctx, data=pixels)
         row = {}
         for name in active:
@@ -205,6 +212,8 @@ def _pm(value, err=None) -> str:
 
 def _notes(r: dict) -> str:
     notes = [r["unit"]] if r.get("unit") else []
+    if "floor_is" in r:
+        notes.append(f"floor: {r['floor_is']}")
     if "chunks" in r:
         notes.append(f"{r['chunks']} chunk{'s' * (r['chunks'] > 1)} of {r['n']}")
     if "classes_present" in r:

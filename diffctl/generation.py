@@ -87,6 +87,7 @@ class Conditioning:
     inputs: Optional[torch.Tensor] = None  # [num_samples, ...] what the network is given per image (None: the labels)
     prompts: Optional[list] = None  # the prompt of each image (a text-conditioned model)
     pixels: Optional[tuple] = None  # a latent model's inpainting: (known image, mask) in pixels; ``known`` / ``mask`` are its latents'
+    superres: Optional[tuple] = None  # super-resolution: (low-res inputs [M, ...], their real images [M, ...] or None, names); image i is of input i mod M
 
     @property
     def condition(self) -> Optional[torch.Tensor]:

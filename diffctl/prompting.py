@@ -59,17 +59,28 @@ def templated_captions(dataset: str, num_classes: int) -> dict:
 
 
 class Cond:
-    """A model's condition: ``null`` (one item's unconditional input), ``encoder(dim)``, ``draw`` (training inputs)
-    and ``record()`` (what its checkpoint keeps)."""
+    """A model's condition: ``null`` (one item's unconditional input), ``network`` (the network that reads it), ``draw``
+    (training inputs) and ``record()`` (what its checkpoint keeps)."""
 
     name = ""
     null: torch.Tensor
+    needs_labels = True  # drawn from the dataset's labels (captions, classes); super-resolution's comes from the images
 
     def encoder(self, dim: int, pretrained: bool = True) -> nn.Module:
         raise NotImplementedError
 
-    def draw(self, y: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
-        """The network inputs of items of classes ``y`` (on ``g``'s device), each the null condition with probability ``drop``."""
+    def network(self, model_cfg, data_shape, classify: int = 0, pretrained: bool = True) -> nn.Module:
+        """The model's network behind this condition's context encoder: ``model.context_dim`` wide tokens
+        (``DEFAULT_CONTEXT_DIM`` when it is 0) read by cross-attention."""
+        from .models import build_model
+        from .models.context import Conditioned
+
+        dim = model_cfg.get("context_dim") or DEFAULT_CONTEXT_DIM
+        return Conditioned(build_model(model_cfg, data_shape, classify, context_dim=dim), self.encoder(dim, pretrained), self.null)
+
+    def draw(self, x0: torch.Tensor, y: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
+        """The network inputs of images ``x0`` of classes ``y`` (on ``g``'s device), each the null condition with
+        probability ``drop``."""
         raise NotImplementedError
 
     def record(self) -> dict:
@@ -97,7 +108,7 @@ class ClassCond(Cond):
     def encoder(self, dim, pretrained=True):
         return ClassTokens(self.num_classes, dim)
 
-    def draw(self, y, drop, g):
+    def draw(self, x0, y, drop, g):
         return _dropped(y, self.null, drop, g)
 
     def record(self):
@@ -124,7 +135,7 @@ class PromptCond(Cond):
     def inputs(self, labels):
         return self.encode([self.captions["train"][k][0] for k in labels.tolist()])
 
-    def draw(self, y, drop, g):
+    def draw(self, x0, y, drop, g):
         if self._table is None or self._table.device != y.device:
             self._table = torch.stack([self.encode(caps) for caps in self.captions["train"]]).to(y.device)  # [K, P, L]
         phrasing = torch.randint(self._table.shape[1], (len(y),), generator=g, device=y.device)
@@ -249,13 +260,21 @@ def build_cond(cond_cfg, data=None, record: Optional[dict] = None) -> Optional[C
     return CONDS.build(cond_cfg, data, record)
 
 
+def condition_of(cfg, data_shape, data=None, record: Optional[dict] = None) -> Optional[Cond]:
+    """The condition a diffusion run's network reads: ``task=superres``'s low-resolution image, or ``cond=``'s
+    (``build_cond``); at training from ``data``, at loading from the checkpoint's ``record``."""
+    if cfg.get("task") == "superres":
+        from .superres import LowResCond
+
+        sr = cfg.get("superres") or {}
+        return LowResCond(tuple(data_shape), record, factor=sr.get("factor", 2), noise=sr.get("noise", 0.0), blur=sr.get("blur", 0.0))
+    return build_cond(cfg.get("cond"), data, record)
+
+
 def build_network(model_cfg, data_shape, cond: Optional[Cond], classify: int = 0, pretrained: bool = True) -> nn.Module:
-    """The model's network, behind ``cond``'s context encoder when there is one (``model.context_dim`` wide tokens,
-    ``DEFAULT_CONTEXT_DIM`` when it is 0)."""
+    """The model's network, behind what reads ``cond`` when there is one (``Cond.network``)."""
     from .models import build_model
-    from .models.context import Conditioned
 
     if cond is None:
         return build_model(model_cfg, data_shape, classify)
-    dim = model_cfg.get("context_dim") or DEFAULT_CONTEXT_DIM
-    return Conditioned(build_model(model_cfg, data_shape, classify, context_dim=dim), cond.encoder(dim, pretrained), cond.null)
+    return cond.network(model_cfg, data_shape, classify, pretrained)

@@ -85,7 +85,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
 
     from .config import option_schema
     from .io.checkpoint import TRAINED, inert_config, require
-    from .prompting import build_cond, build_network
+    from .prompting import build_network, condition_of
     from .validation import check_values
 
     state = load_checkpoint(path)
@@ -95,16 +95,18 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         check_values(cfg)
         cfg.model = OmegaConf.merge(OmegaConf.structured(option_schema("model", cfg.model.arch)), cfg.model)  # options added since: defaults
         found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
+        if found == "superres" and task == "diffusion":
+            found = task  # a super-resolution model samples as any diffusion model does, given its low-resolution inputs
         if found != task:
             what = {"classifier": f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}",
                     "autoencoder": f"{path} is an autoencoder (task=autoencoder): it encodes and decodes images, it does not sample"}
             raise UsageError(what[found] if task == "diffusion" and found in what else
-                             f"guidance.classifier={path} is {'a diffusion model' if found == 'diffusion' else 'an autoencoder'}, not a classifier: "
+                             f"guidance.classifier={path} is {'an autoencoder' if found == 'autoencoder' else 'a diffusion model'}, not a classifier: "
                              "train one with 'diffctl train task=classifier'")
         data_shape = tuple(state["data_shape"])
         classify = state["num_classes"] if task == "classifier" else 0
         key = "ema" if ema and state.get("ema") is not None else "model"
-        cond = build_cond(cfg.get("cond"), record=state.get("cond")) if task == "diffusion" else None
+        cond = condition_of(cfg, data_shape, record=state.get("cond")) if task == "diffusion" else None
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in build_network(cfg.model, data_shape, cond, classify, pretrained=False).state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in state[key].items()}
@@ -196,7 +198,7 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(Denoiser(trained.net, trained.alpha_bar.to(device), model.prediction, model.sigma_data), trained.alpha_bar, data,
                   {"checkpoint": str(ckpt), "checkpoint_step": trained.step, "ema": cfg.ema,
                    **({"latent": trained.latent} if space is not None else {})}, trained.net, model.prediction,
-                  model.num_classes or (trained.cond.num_classes if trained.cond is not None else 0), space, pixels, trained.cond)
+                  model.num_classes or getattr(trained.cond, "num_classes", 0), space, pixels, trained.cond)
 
 
 def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:

@@ -37,6 +37,15 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
         info["inpaint"] = {"image": cfg.inpaint.image, "mask": cfg.inpaint.mask, "resample": cond.resample}
         kept = (samples - known).abs().mul(keep).amax().item()
         log.info("inpainting: known pixels changed by at most %.2g; grid: input | masked input | results", kept)
+    if cond is not None and cond.superres is not None:
+        from .metrics.image_quality import superres_scores
+        from .superres import save_superres_grid
+
+        lows, reals, names = cond.superres
+        files["superres_grid"] = str(save_superres_grid(lows, reals, samples, source.cond.factor, run_dir / "superres.png"))
+        info["superres"] = {"inputs": names, **superres_scores(samples, lows, reals, source.cond.factor)}
+        log.info("super-resolution: %s; grid: low-res | bicubic | samples | real",
+                 ", ".join(f"{k} {v:.4g}" for k, v in info["superres"].items() if k != "inputs"))
     if gen.prompts is not None:
         log.info("%d prompts (%s) with %s", len(set(gen.prompts)), "of classes " + str(sorted(set(gen.labels.tolist()))) if gen.labels is not None
                  else "not captions of known classes", describe_guidance(gen.guidance))

@@ -91,11 +91,23 @@ def requested_prompts(cfg: DictConfig, source: Source) -> Optional[list]:
 def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.device = torch.device("cpu")) -> Optional[Conditioning]:
     """Classes (``classes``), prompts (``prompt``, ``prompts``), guidance (``guidance``) and inpainting (``inpaint``) from a
     sample/eval config, checked; None when the config asks for none of them."""
+    from .superres import LowResCond, superres_inputs
+
     data, n = source.data, cfg.num_samples
     classes, g = cfg.get("classes"), cfg.guidance
-    labels = classifier = inputs = None
+    labels = classifier = inputs = superres = None
     prompts = requested_prompts(cfg, source)
-    if prompts is not None:
+    spec = cfg.superres.image if cfg.get("superres") is not None else None
+    if isinstance(source.cond, LowResCond):
+        if classes is not None or g.classifier is not None:
+            raise UsageError("a super-resolution model is steered by its low-resolution inputs (superres.image=), not classes=")
+        superres = superres_inputs(spec, source.cond, data)
+        inputs = superres[0][[i % len(superres[0]) for i in range(n)]]  # image i upsamples input i mod M
+        log.info("super-resolution x%d of %d inputs (%s%s)", source.cond.factor, len(superres[0]), ", ".join(superres[2][:4]),
+                 " ..." if len(superres[2]) > 4 else "")
+    elif spec is not None:
+        raise UsageError("superres.image= is for a super-resolution model (diffctl train task=superres); this model generates from noise alone")
+    elif prompts is not None:
         inputs = source.cond.encode(prompts)
         found = [source.cond.label_of(p) for p in prompts]
         labels = torch.tensor(found) if None not in found else None
@@ -163,7 +175,7 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         return None
     return Conditioning(labels, source.null, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
                         classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {},
-                        inputs, prompts, shown)
+                        inputs, prompts, shown, superres)
 
 
 def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, steps: int,

@@ -20,14 +20,14 @@ from omegaconf import DictConfig
 from .core.diffusion import Denoiser, NoisyClassifier
 from .core.losses import LOSSES
 from .core.registry import Registry
-from .generation import Conditioning, class_labels
+from .generation import Conditioning, class_labels, generate
 from .io.images import save_grid
 from .metrics.distances import chunked_frechet
 from .metrics.reference import reference_classifier
 from .models import AUTOENCODERS, build_model
 from .models.autoencoder import KLAutoencoder, Reconstruction, psnr
 from .optim import drop_labels
-from .prompting import build_cond, build_network
+from .prompting import build_network, condition_of
 from .runtime import schedule_alpha_bar
 from .snapshots import accuracy_plot, sample_grid
 
@@ -56,8 +56,9 @@ class DiffusionTask:
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(device)
         self.objective = LOSSES.build(cfg.loss)
-        self.cond = build_cond(cfg.get("cond"), data) if cfg.task == "diffusion" else None  # cross-attention conditioning (cond=)
-        self.labels = bool(cfg.model.num_classes) or self.cond is not None  # the training set's labels are drawn with the images
+        # what else the network reads: cond='s labels or prompts (cross-attention), task=superres's low-resolution image
+        self.cond = condition_of(cfg, data.shape, data) if cfg.task in ("diffusion", "superres") else None
+        self.labels = bool(cfg.model.num_classes) or (self.cond is not None and self.cond.needs_labels)  # drawn with the images
         self.decode = None  # latent diffusion: latents -> pixels, for the pictures
         self.title = f"model {cfg.model.arch}"
 
@@ -73,7 +74,7 @@ class DiffusionTask:
         out = {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g)}
         drop = self.cfg.trainer.cond_drop_prob if train else 0.0
         if self.cond is not None:
-            out["y"] = self.cond.draw(y, drop, g)  # the label, or a random training phrasing of its caption, or the null condition
+            out["y"] = self.cond.draw(x0, y, drop, g)  # the label, or a random training phrasing of its caption, or the null condition
         elif self.labels:
             out["y"] = drop_labels(y, drop, self.cfg.model.num_classes, g)
         out["noise"] = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
@@ -196,6 +197,30 @@ class AutoencoderTask:
         return path, "reconstructions", record
 
 
+class SuperresTask(DiffusionTask):
+    """Super-resolution (SR3): a denoiser that also reads the area-downsampled image (``superres.*``); its snapshots draw
+    low-res | bicubic | samples | real rows of test images."""
+
+    def grid_conditioning(self):
+        from .superres import downsample
+
+        n, m = self.cfg.trainer.num_grid, min(8, len(self.data.test))
+        real = self.data.test[torch.linspace(0, len(self.data.test) - 1, m).long()].float()
+        lows = downsample(real, self.cond.factor)
+        return Conditioning(None, self.cond.null, inputs=lows[[i % m for i in range(n)]], superres=(lows, real, None))
+
+    def snapshot(self, net, step, folder):
+        from .superres import save_superres_grid
+
+        cond = self.grid_conditioning()
+        samples = generate(self.wrap(net), self.alpha_bar, self.cfg.sampler, min(self.cfg.trainer.sample_steps, len(self.alpha_bar)),
+                           self.cfg.trainer.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device, bounded=True, cond=cond).samples
+        folder.mkdir(exist_ok=True)
+        lows, real, _ = cond.superres
+        return save_superres_grid(lows, real, samples, self.cond.factor, folder / f"superres_{step:08d}.png"), "superres", None
+
+
 TASKS.register("diffusion")(DiffusionTask)
+TASKS.register("superres")(SuperresTask)
 TASKS.register("classifier")(ClassifierTask)
 TASKS.register("autoencoder")(AutoencoderTask)

@@ -74,13 +74,13 @@ class Trainer:
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # the (wrapped) network behind what the loss calls: for diffusion the preconditioning that sampling and evaluation use too
         self.preconditioned = self.task.wrap(self.forward)
-        sigma_max = float(((1 - self.task.alpha_bar[-1]) / self.task.alpha_bar[-1]).sqrt()) if cfg.task == "diffusion" else 0.0
+        sigma_max = float(((1 - self.task.alpha_bar[-1]) / self.task.alpha_bar[-1]).sqrt()) if cfg.task in ("diffusion", "superres") else 0.0
         if cfg.model.prediction == "eps" and self.data.levels is None and sigma_max > 100:
             log.warning("model.prediction=eps on unclipped %s with schedule=%s (sigma_max %.3g): eps-prediction's x0 estimate is eps's error "
                         "times sigma, so sampling blows up at the first steps; use model.prediction=v (or schedule=scaled_linear, "
                         "Stable Diffusion's, sigma_max 14.6)", "latents" if self.latent is not None else "continuous data", cfg.schedule.name,
                         sigma_max)
-        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and cfg.task == "diffusion":
+        if cfg.schedule.zero_terminal_snr and cfg.model.prediction == "eps" and cfg.task in ("diffusion", "superres"):
             log.warning("schedule.zero_terminal_snr with model.prediction=eps: eps is undefined at zero SNR (Lin et al. 2024); use model.prediction=v")
         o = cfg.optim
         # fused: one kernel for the whole update, and it skips a step flagged on the device (found_inf) without a host sync

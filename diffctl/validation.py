@@ -19,7 +19,8 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
     "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
-    "task": ("diffusion", "classifier", "autoencoder"),
+    "task": ("diffusion", "classifier", "autoencoder", "superres"),
+    "superres.factor": (2, 4),
     "format": ("safetensors", "diffusers"),
     "cond.unknown_words": ("error", "skip"),
 }
@@ -38,7 +39,7 @@ BOUNDS = {
     "guidance.classifier_scale": (0, True),
     "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True), "model.lr": (0, False),
     "autoencoder.latent_channels": (1, True), "autoencoder.channels": (1, True), "autoencoder.num_res_blocks": (1, True),
-    "autoencoder.kl_weight": (0, True), "autoencoder.disc_weight": (0, True), "autoencoder.disc_channels": (1, True),
+    "autoencoder.kl_weight": (0, True), "autoencoder.disc_weight": (0, True), "superres.noise": (0, True), "superres.blur": (0, True), "autoencoder.disc_channels": (1, True),
     "model.channels": (1, True), "model.heads": (1, True), "model.num_res_blocks": (1, True), "model.hidden": (1, True),
     "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
@@ -128,7 +129,7 @@ def check_values(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in allowed:
-            raise ValueError(f"{key}={value!r} is not allowed; choose from: {', '.join(allowed)}")
+            raise ValueError(f"{key}={value!r} is not allowed; choose from: {', '.join(map(str, allowed))}")
     device = cfg.get("device")
     if device is not None and not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
         raise ValueError(f"device={device!r} is not allowed; choose from: auto, cpu, cuda, cuda:N, mps")
@@ -156,6 +157,14 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
         have = f"{data.num_classes} classes" if data.train_labels is not None else "no labels"
         raise UsageError(f"model.num_classes={cfg.model.num_classes}, but dataset={data.name} has {have}; "
                          f"use model.num_classes={data.num_classes if data.train_labels is not None else 0}")
+    if cfg.task == "superres":
+        f = cfg.superres.factor
+        if len(data.shape) != 3:
+            raise UsageError(f"task=superres upsamples images; dataset={data.name} has items of shape {list(data.shape)}")
+        if data.shape[1] % f or data.shape[2] % f:
+            raise UsageError(f"superres.factor={f} does not divide the images' {data.shape[1]}x{data.shape[2]}")
+        if cfg.model.arch != "unet" or cfg.model.num_classes:
+            raise UsageError("task=superres concatenates the low-resolution image to a unet's input: use model.arch=unet, without model.num_classes")
     cond = cfg.get("cond")
     if cond is not None and cond.name != "none":
         if cfg.task != "diffusion":

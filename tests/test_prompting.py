@@ -89,12 +89,12 @@ def test_training_draws_a_caption_of_each_items_class_and_drops_to_the_empty_pro
     cond = TextCond(Digits())
     y = torch.arange(10).repeat(200)
     g = torch.Generator().manual_seed(0)
-    ids = cond.draw(y, 0.0, g)
+    ids = cond.draw(None, y, 0.0, g)
     decoded = [" ".join(cond.vocab[i] for i in row[1:] if i != PAD) for row in ids.tolist()]
     assert [cond.label_of(c) for c in decoded] == y.tolist()
     assert set(decoded) == {c for per in cond.captions["train"] for c in per}  # every training phrasing is drawn
     assert not set(decoded) & {c for per in cond.captions["heldout"] for c in per}
-    dropped = (cond.draw(y, 0.25, g) == cond.null).all(1).float().mean().item()
+    dropped = (cond.draw(None, y, 0.25, g) == cond.null).all(1).float().mean().item()
     assert dropped == pytest.approx(0.25, abs=0.03)
 
 

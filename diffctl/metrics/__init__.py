@@ -9,6 +9,8 @@ classifier of an image dataset.  The metrics, by theme:
                          cond_acc
     data_space           swd, mmd, energy, logp_true   in data space (2-D points; a known density)
     inception            fid, kid, is                  in torch-fidelity's Inception features (weights on disk)
+    image_quality        sr_psnr, sr_ssim,             super-resolution against the real images (task=superres)
+                         sr_consistency
 
 Every result dict carries its sample count and metric version; sample-quality numbers carry the
 real-vs-real floor measured at the same sample count, and ``err`` / ``floor_err``: standard
@@ -17,7 +19,7 @@ for the k-NN ones).
 """
 
 # importing a module registers its metrics; this order is the registry's (and configs/eval.yaml's)
-from . import denoising, reference_features, inception, data_space  # noqa: F401,I001
+from . import denoising, reference_features, inception, data_space, image_quality  # noqa: F401,I001
 from .registry import METRICS, EvalContext, Skipped, skip_reason
 
 __all__ = ["METRICS", "EvalContext", "Skipped", "skip_reason"]

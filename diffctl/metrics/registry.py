@@ -29,6 +29,7 @@ class EvalContext:
     options: dict = field(default_factory=dict)  # metric settings from the config, e.g. inception_weights
     denoise: Optional[Callable] = None  # D(x, sigma) -> x0_hat: a core.diffusion.Denoiser of the network, or the oracle
     labels: Callable[[], Optional[torch.Tensor]] = lambda: None  # the requested class of each sample (conditional sampling)
+    conditioning: Callable[[], Optional[object]] = lambda: None  # the samples' generation.Conditioning (super-resolution's inputs)
 
 
 class Skipped(Exception):

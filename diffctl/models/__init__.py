@@ -24,11 +24,14 @@ AUTOENCODERS = Registry("autoencoder")  # task=autoencoder's networks, by autoen
 AUTOENCODERS.register("kl")(KLAutoencoder)
 
 
-def build_model(model_cfg, data_shape, classify: int = 0, context_dim: int | None = None) -> nn.Module:
+def build_model(model_cfg, data_shape, classify: int = 0, context_dim: int | None = None, cond_channels: int = 0) -> nn.Module:
     """The network of ``model_cfg`` for data of shape ``[C, H, W]`` or ``[D]``; ``context_dim`` (the unet) overrides
-    ``model.context_dim``: the width of the context tokens its cross-attention reads, 0 for none."""
+    ``model.context_dim``: the width of the context tokens its cross-attention reads, 0 for none; ``cond_channels`` (the
+    unet): image channels concatenated to its input."""
     if context_dim is not None:
         model_cfg = {**model_cfg, "context_dim": context_dim}
+    if cond_channels:
+        return MODELS.build(model_cfg, tuple(data_shape), classify, cond_channels)
     return MODELS.build(model_cfg, tuple(data_shape), classify)
 
 

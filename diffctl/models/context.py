@@ -5,7 +5,8 @@
     FrozenCLIP    CLIP token ids -> a frozen Hugging Face CLIP text encoder's last hidden states (Stable Diffusion's)
 
 Each maps ``y`` to ``(tokens [N, L, dim], mask [N, L] or None)``; ``Conditioned`` puts one in front of a
-network.  Token id 0 is padding for ``TextEncoder`` and every prompt starts with id 1 (a start token), so
+network.  ``ImageConditioned`` is the other way in: an image concatenated to the network's input
+channels (super-resolution's low-resolution image, SR3).  Token id 0 is padding for ``TextEncoder`` and every prompt starts with id 1 (a start token), so
 the empty prompt, the null condition of classifier-free guidance, is one real token.
 """
 
@@ -102,3 +103,19 @@ class Conditioned(nn.Module):
             y = self.null.expand(len(x), *self.null.shape)
         context, mask = self.encoder(y)
         return self.net(x, t, context=context, context_mask=mask)
+
+
+class ImageConditioned(nn.Module):
+    """``net(cat[x, upsampled y], t)``: ``y`` a low-resolution image ``[N, C, H/f, W/f]``, upsampled (bicubic) by
+    ``factor`` and concatenated to x's channels (SR3); ``y=None`` is the null image ``null``."""
+
+    def __init__(self, net: nn.Module, factor: int, null: torch.Tensor):
+        super().__init__()
+        self.net, self.factor = net, factor
+        self.register_buffer("null", null, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None:
+            y = self.null.expand(len(x), *self.null.shape)
+        up = F.interpolate(y.to(x.dtype), scale_factor=self.factor, mode="bicubic", align_corners=False)
+        return self.net(torch.cat([x, up], dim=1), t)

@@ -120,6 +120,7 @@ class UNet(nn.Module):
         self,
         data_shape: Sequence[int],
         classify: int = 0,
+        cond_channels: int = 0,
         *,
         channels: int = 64,
         channel_mult: List[int] = (1, 2),
@@ -133,7 +134,9 @@ class UNet(nn.Module):
         """``classify`` = K > 0 builds a noise-aware classifier instead (Dhariwal & Nichol's encoder UNet):
         the encoder and middle blocks, then GroupNorm, SiLU, global average pooling and K logits.
         ``context_dim`` > 0 adds cross-attention to context tokens of that width after every self-attention
-        (at ``attn_resolutions`` and in the middle block); ``forward`` then takes ``context`` (``cond=class|text|clip``)."""
+        (at ``attn_resolutions`` and in the middle block); ``forward`` then takes ``context`` (``cond=class|text|clip``).
+        ``cond_channels``: image channels concatenated to the input (super-resolution's upsampled low-resolution image);
+        the output keeps the data's channels."""
         super().__init__()
         if len(data_shape) != 3:
             raise ValueError(f"model arch 'unet' needs image data [C, H, W]; this dataset is {list(data_shape)}: use model=mlp")
@@ -147,7 +150,7 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
         self.time_embed = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_embed = ClassEmbedding(num_classes, emb_dim)
-        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + cond_channels, channels, 3, padding=1)
 
         def stage(c_in, c_out, res):
             block = nn.ModuleList([ResBlock(c_in, c_out, emb_dim, dropout)])
