@@ -154,6 +154,12 @@ class SuperresInput:
 
 
 @dataclass
+class ControlInput:
+    image: Any = None  # a ControlNet's controls: test indices (their controls), or a PNG of the control itself; null: the test split
+    scale: float = 1.0  # the ControlNet's additions times this: 0 = the base model, bit for bit
+
+
+@dataclass
 class LatentConfig:
     autoencoder: Optional[str] = None  # a task=autoencoder run folder | checkpoint | latest: train in its latent space
 
@@ -174,9 +180,11 @@ class TrainConfig:
     cond: Any = None  # cross-attention conditioning: cond=none | class | text | clip
     latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion: latent.autoencoder=<run>
     superres: SuperresConfig = field(default_factory=SuperresConfig)  # what task=superres learns
+    base: Optional[str] = None  # task=controlnet: the frozen diffusion run it controls (run folder | checkpoint | latest)
+    control: str = "edges"  # task=controlnet: edges | lowres | mask, made from each image
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion) | superres
+    task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion) | superres | controlnet
     resume: str = "auto"  # auto: continue from this run folder's newest checkpoint | never | <run folder or file>
 
 
@@ -212,6 +220,7 @@ class SampleConfig:
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
     prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    control: ControlInput = field(default_factory=ControlInput)
     superres: SuperresInput = field(default_factory=SuperresInput)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
@@ -235,6 +244,7 @@ class EvalConfig:
     classes: Any = None  # class-conditional models: all, [3, 7] or 3; None: unconditional samples
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
     prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
+    control: ControlInput = field(default_factory=ControlInput)
     superres: SuperresInput = field(default_factory=SuperresInput)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 

@@ -92,8 +92,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     source = load_source(cfg, device)
     data = source.data
     pixels = source.pixels if source.latent is not None else data  # a latent model's samples are scored decoded, in pixels
-    if getattr(source.cond, "name", None) == "lowres":  # a super-resolution model: scored against the real images too
-        cfg.metrics = list(cfg.metrics) + [m for m in ("sr_psnr", "sr_ssim", "sr_consistency") if m not in cfg.metrics]
+    extra = {"lowres": ("sr_psnr", "sr_ssim", "sr_consistency"), "control": ("control_fidelity",)}.get(getattr(source.cond, "name", None), ())
+    cfg.metrics = list(cfg.metrics) + [m for m in extra if m not in cfg.metrics]  # super-resolution and ControlNet: scored against their inputs
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], pixels if METRICS[m].uses_samples else data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
@@ -117,7 +117,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
             return cache["gen"].conditioning
 
         ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
-                          options={"inception_weights": cfg.inception_weights}, denoise=source.denoise, labels=labels,
+                          options={"inception_weights": cfg.inception_weights, "control_kind": getattr(source.cond, "kind", None)},
+                          denoise=source.denoise, labels=labels,
                           conditioning=conditioning)
         in_pixels = ctx if source.latent is None else replace(ctx, data=pixels)
         row = {}

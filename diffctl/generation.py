@@ -88,6 +88,7 @@ class Conditioning:
     prompts: Optional[list] = None  # the prompt of each image (a text-conditioned model)
     pixels: Optional[tuple] = None  # a latent model's inpainting: (known image, mask) in pixels; ``known`` / ``mask`` are its latents'
     superres: Optional[tuple] = None  # super-resolution: (low-res inputs [M, ...], their real images [M, ...] or None, names); image i is of input i mod M
+    control: Optional[tuple] = None  # a ControlNet: (control images [M, ...], the real images they come from or None, names); image i has control i mod M
 
     @property
     def condition(self) -> Optional[torch.Tensor]:

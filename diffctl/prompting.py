@@ -263,6 +263,10 @@ def build_cond(cond_cfg, data=None, record: Optional[dict] = None) -> Optional[C
 def condition_of(cfg, data_shape, data=None, record: Optional[dict] = None) -> Optional[Cond]:
     """The condition a diffusion run's network reads: ``task=superres``'s low-resolution image, or ``cond=``'s
     (``build_cond``); at training from ``data``, at loading from the checkpoint's ``record``."""
+    if cfg.get("task") == "controlnet":
+        from .control import ControlCond
+
+        return ControlCond(cfg.get("control"), tuple(data_shape), record)
     if cfg.get("task") == "superres":
         from .superres import LowResCond
 

@@ -95,8 +95,8 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         check_values(cfg)
         cfg.model = OmegaConf.merge(OmegaConf.structured(option_schema("model", cfg.model.arch)), cfg.model)  # options added since: defaults
         found = cfg.get("task", "diffusion")  # checkpoints from before classifiers lack the key
-        if found == "superres" and task == "diffusion":
-            found = task  # a super-resolution model samples as any diffusion model does, given its low-resolution inputs
+        if found in ("superres", "controlnet") and task == "diffusion":
+            found = task  # super-resolution and ControlNet models sample as any diffusion model does, given their images
         if found != task:
             what = {"classifier": f"{path} is a noise-aware classifier (task=classifier): use it as guidance.classifier={path}",
                     "autoencoder": f"{path} is an autoencoder (task=autoencoder): it encodes and decodes images, it does not sample"}

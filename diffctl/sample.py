@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from .io.images import save_inpaint_grid, save_samples
@@ -46,6 +47,14 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
         info["superres"] = {"inputs": names, **superres_scores(samples, lows, reals, source.cond.factor)}
         log.info("super-resolution: %s; grid: low-res | bicubic | samples | real",
                  ", ".join(f"{k} {v:.4g}" for k, v in info["superres"].items() if k != "inputs"))
+    if cond is not None and cond.control is not None:
+        from .control import fidelity, save_control_grid
+
+        controls, reals, names = cond.control
+        files["control_grid"] = str(save_control_grid(controls, reals, samples, run_dir / "control.png"))
+        score = fidelity(source.cond.kind, samples, controls[torch.arange(len(samples)) % len(controls)]).mean().item()
+        info["control"] = {"inputs": names, "kind": source.cond.kind, "scale": float(cfg.control.scale), "fidelity": score}
+        log.info("ControlNet: %s fidelity %.4g at control.scale=%g; grid: control | samples | real", source.cond.kind, score, cfg.control.scale)
     if gen.prompts is not None:
         log.info("%d prompts (%s) with %s", len(set(gen.prompts)), "of classes " + str(sorted(set(gen.labels.tolist()))) if gen.labels is not None
                  else "not captions of known classes", describe_guidance(gen.guidance))

@@ -91,11 +91,12 @@ def requested_prompts(cfg: DictConfig, source: Source) -> Optional[list]:
 def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.device = torch.device("cpu")) -> Optional[Conditioning]:
     """Classes (``classes``), prompts (``prompt``, ``prompts``), guidance (``guidance``) and inpainting (``inpaint``) from a
     sample/eval config, checked; None when the config asks for none of them."""
+    from .control import ControlCond, control_inputs
     from .superres import LowResCond, superres_inputs
 
     data, n = source.data, cfg.num_samples
     classes, g = cfg.get("classes"), cfg.guidance
-    labels = classifier = inputs = superres = None
+    labels = classifier = inputs = superres = control = None
     prompts = requested_prompts(cfg, source)
     spec = cfg.superres.image if cfg.get("superres") is not None else None
     if isinstance(source.cond, LowResCond):
@@ -105,8 +106,20 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         inputs = superres[0][[i % len(superres[0]) for i in range(n)]]  # image i upsamples input i mod M
         log.info("super-resolution x%d of %d inputs (%s%s)", source.cond.factor, len(superres[0]), ", ".join(superres[2][:4]),
                  " ..." if len(superres[2]) > 4 else "")
-    elif spec is not None:
+    elif isinstance(source.cond, ControlCond):
+        if classes is not None or g.classifier is not None:
+            raise UsageError("a ControlNet is steered by its control images (control.image=) and control.scale, not classes=")
+        control = control_inputs(cfg.control.image, source.cond, data)
+        inputs = control[0][[i % len(control[0]) for i in range(n)]]  # image i follows control i mod M
+        source.net.scale = float(cfg.control.scale)
+        log.info("ControlNet (%s) at control.scale=%g, %d controls (%s%s)", source.cond.kind, cfg.control.scale, len(control[0]),
+                 ", ".join(control[2][:4]), " ..." if len(control[2]) > 4 else "")
+    elif cfg.get("control") is not None and (cfg.control.image is not None or cfg.control.scale != 1.0):
+        raise UsageError("control.image and control.scale are for a ControlNet (diffctl train task=controlnet base=<run>); this model has none")
+    if spec is not None and not isinstance(source.cond, LowResCond):
         raise UsageError("superres.image= is for a super-resolution model (diffctl train task=superres); this model generates from noise alone")
+    if inputs is not None:
+        pass  # an image-conditioned model (super-resolution, ControlNet): its images are its condition
     elif prompts is not None:
         inputs = source.cond.encode(prompts)
         found = [source.cond.label_of(p) for p in prompts]
@@ -175,7 +188,7 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         return None
     return Conditioning(labels, source.null, g.scale, g.rescale, known, mask, inp.resample if inp is not None else 1,
                         classifier.log_prob if classifier else None, g.classifier_scale, classifier.info if classifier else {},
-                        inputs, prompts, shown, superres)
+                        inputs, prompts, shown, superres, control)
 
 
 def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, steps: int,

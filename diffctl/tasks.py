@@ -57,10 +57,13 @@ class DiffusionTask:
         self.alpha_bar_dev = self.alpha_bar.to(device)
         self.objective = LOSSES.build(cfg.loss)
         # what else the network reads: cond='s labels or prompts (cross-attention), task=superres's low-resolution image
-        self.cond = condition_of(cfg, data.shape, data) if cfg.task in ("diffusion", "superres") else None
+        self.cond = self.condition()
         self.labels = bool(cfg.model.num_classes) or (self.cond is not None and self.cond.needs_labels)  # drawn with the images
         self.decode = None  # latent diffusion: latents -> pixels, for the pictures
         self.title = f"model {cfg.model.arch}"
+
+    def condition(self):
+        return condition_of(self.cfg, self.data.shape, self.data) if self.cfg.task in ("diffusion", "superres") else None
 
     def build(self) -> torch.nn.Module:
         return build_network(self.cfg.model, self.data.shape, self.cond)
@@ -220,7 +223,44 @@ class SuperresTask(DiffusionTask):
         return save_superres_grid(lows, real, samples, self.cond.factor, folder / f"superres_{step:08d}.png"), "superres", None
 
 
+class ControlNetTask(DiffusionTask):
+    """A ControlNet on a frozen diffusion run (``base=``, ``control=``): the run takes the base's model, schedule and loss,
+    and trains only the ControlNet branch; its snapshots draw control | samples rows of test images."""
+
+    def __init__(self, cfg, data, device):
+        from .control import load_base
+
+        self.base_path, base = load_base(cfg, data)
+        cfg.model, cfg.schedule, cfg.loss = base.cfg.model, base.cfg.schedule, base.cfg.get("loss", cfg.loss)  # the base's denoiser
+        log.info("ControlNet (control=%s) on the frozen base %s (step %d)", cfg.control, self.base_path, base.step)
+        super().__init__(cfg, data, device)
+
+    def condition(self):
+        from .control import ControlCond
+
+        return ControlCond(self.cfg.control, self.data.shape, base=str(self.base_path))
+
+    def grid_conditioning(self):
+        from .control import extract
+
+        n, m = self.cfg.trainer.num_grid, min(8, len(self.data.test))
+        real = self.data.test[torch.linspace(0, len(self.data.test) - 1, m).long()].float()
+        controls = extract(self.cond.kind, real)
+        return Conditioning(None, self.cond.null, inputs=controls[[i % m for i in range(n)]], control=(controls, real, None))
+
+    def snapshot(self, net, step, folder):
+        from .control import save_control_grid
+
+        cond = self.grid_conditioning()
+        samples = generate(self.wrap(net), self.alpha_bar, self.cfg.sampler, min(self.cfg.trainer.sample_steps, len(self.alpha_bar)),
+                           self.cfg.trainer.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device, bounded=True, cond=cond).samples
+        folder.mkdir(exist_ok=True)
+        controls, real, _ = cond.control
+        return save_control_grid(controls, real, samples, folder / f"control_{step:08d}.png"), "control", None
+
+
 TASKS.register("diffusion")(DiffusionTask)
+TASKS.register("controlnet")(ControlNetTask)
 TASKS.register("superres")(SuperresTask)
 TASKS.register("classifier")(ClassifierTask)
 TASKS.register("autoencoder")(AutoencoderTask)

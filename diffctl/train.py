@@ -74,7 +74,7 @@ class Trainer:
             self.forward = self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # the (wrapped) network behind what the loss calls: for diffusion the preconditioning that sampling and evaluation use too
         self.preconditioned = self.task.wrap(self.forward)
-        sigma_max = float(((1 - self.task.alpha_bar[-1]) / self.task.alpha_bar[-1]).sqrt()) if cfg.task in ("diffusion", "superres") else 0.0
+        sigma_max = float(((1 - self.task.alpha_bar[-1]) / self.task.alpha_bar[-1]).sqrt()) if cfg.task in ("diffusion", "superres", "controlnet") else 0.0
         if cfg.model.prediction == "eps" and self.data.levels is None and sigma_max > 100:
             log.warning("model.prediction=eps on unclipped %s with schedule=%s (sigma_max %.3g): eps-prediction's x0 estimate is eps's error "
                         "times sigma, so sampling blows up at the first steps; use model.prediction=v (or schedule=scaled_linear, "

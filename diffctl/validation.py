@@ -19,8 +19,9 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp16", "fp32"),
     "sampler.spacing": SPACINGS.names(),
     "optim.decay": ("constant", "cosine"),
-    "task": ("diffusion", "classifier", "autoencoder", "superres"),
+    "task": ("diffusion", "classifier", "autoencoder", "superres", "controlnet"),
     "superres.factor": (2, 4),
+    "control": ("edges", "lowres", "mask"),
     "format": ("safetensors", "diffusers"),
     "cond.unknown_words": ("error", "skip"),
 }
@@ -128,7 +129,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ValueError(f"steps={steps} is out of range; it must be an integer in [1, {MAX_STEPS}] (or, for eval, a list of them)")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value not in allowed:
+        if value is not None and not OmegaConf.is_config(value) and value not in allowed:
             raise ValueError(f"{key}={value!r} is not allowed; choose from: {', '.join(map(str, allowed))}")
     device = cfg.get("device")
     if device is not None and not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):

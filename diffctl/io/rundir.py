@@ -112,7 +112,7 @@ def train_runs(output_root: Path, task: str = "diffusion", failed: bool = False)
     if not root.is_dir():
         return []
     runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt") if ABANDONED not in p.relative_to(root).parts}
-    tasks = ("diffusion", "superres") if task == "diffusion" else (task,)  # the models that sample
+    tasks = ("diffusion", "superres", "controlnet") if task == "diffusion" else (task,)  # the models that sample
     runs = [r for r in runs if run_task(r) in tasks and (failed or not (r / "FAILED").exists())]
     return sorted(runs, key=lambda p: max(c.stat().st_mtime for c in list_checkpoints(p / CKPT_DIR)), reverse=True)
 

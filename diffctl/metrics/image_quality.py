@@ -5,6 +5,8 @@ test image's low-resolution copy): PSNR and SSIM beside bicubic upsampling's, an
     sr_ssim         mean SSIM (Gaussian window, sigma 1.5 px); floor: bicubic's
     sr_consistency  mean squared error of the samples downsampled again against their inputs (SR3's
                     consistency: ~0 for a model that honours its input); floor: bicubic's
+    control_fidelity  a ControlNet's samples against their controls (F1 of edges, IoU of masks, PSNR of the
+                    2x-downsampled image); floor: the real images the controls came from (the ceiling)
 
 ``floor`` here is the baseline a super-resolution model must beat, not a real-vs-real floor.
 """
@@ -107,3 +109,23 @@ def sr_consistency(ctx: EvalContext) -> dict:
     samples, low, _, f = _pairs(ctx)
     err = lambda x: (F.avg_pool2d(x, f) - low).pow(2).flatten(1).mean(1)
     return _mean(err(samples), err(_bicubic(low, f)))
+
+
+@register("control_fidelity", _images)
+@torch.no_grad()
+def control_fidelity(ctx: EvalContext) -> dict:
+    """How well a ControlNet's samples follow their controls (``control.fidelity``), beside the real images they came from."""
+    from ..control import fidelity
+
+    cond = ctx.conditioning()
+    if cond is None or cond.control is None:
+        raise Skipped("needs a ControlNet (diffctl train task=controlnet base=<run>)")
+    controls, reals, _ = cond.control
+    samples = ctx.samples().float()
+    idx = torch.arange(len(samples)) % len(controls)
+    kind = ctx.options["control_kind"]
+    real = fidelity(kind, reals[idx], controls[idx]) if reals is not None else torch.full((len(samples),), float("nan"))
+    out = _mean(fidelity(kind, samples, controls[idx]), real)
+    out["floor_is"] = "the real images the controls came from (a ceiling)"
+    out["unit"] = {"edges": "F1 of edge pixels", "mask": "IoU", "lowres": "PSNR dB at half resolution"}[kind]
+    return out

@@ -173,6 +173,7 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c, heads),
                                   *([CrossAttention(c, context_dim, heads)] if context_dim else []), ResBlock(c, c, emb_dim, dropout)])
         self.head = nn.Sequential(_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classify)) if classify else None
+        self.skip_channels, self.mid_channels = list(skips), c  # what a ControlNet adds its residuals to
         self.up = nn.ModuleList()
         if classify:
             return
@@ -199,18 +200,29 @@ class UNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``y``: class labels (``num_classes``); ``context`` ``[N, L, context_dim]``: the tokens cross-attention reads
-        (``context_mask`` ``[N, L]``, True = a real token)."""
-        emb = self.label_embed(self.time_embed(timestep_embedding(t, self.channels)), y)
-        ctx = (context, context_mask)
-        h = self.stem(x)
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The time (and label) embedding the residual blocks add."""
+        return self.label_embed(self.time_embed(timestep_embedding(t, self.channels)), y)
+
+    def encode(self, h: torch.Tensor, emb: torch.Tensor, ctx=(None, None)) -> tuple[torch.Tensor, list]:
+        """The encoder and middle block from the stem's output ``h``: (middle output, the skip activations)."""
         hs = [h]
         for layers in self.down:
             h = self._run(layers, h, emb, ctx)
             hs.append(h)
-        h = self._run(self.mid, h, emb, ctx)
+        return self._run(self.mid, h, emb, ctx), hs
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, residuals: list | None = None) -> torch.Tensor:
+        """``y``: class labels (``num_classes``); ``context`` ``[N, L, context_dim]``: the tokens cross-attention reads
+        (``context_mask`` ``[N, L]``, True = a real token); ``residuals``: a ControlNet's additions to each skip activation
+        and, last, to the middle block's output."""
+        emb = self.embed(t, y)
+        ctx = (context, context_mask)
+        h, hs = self.encode(self.stem(x), emb, ctx)
+        if residuals is not None:
+            hs = [a + r for a, r in zip(hs, residuals)]
+            h = h + residuals[-1]
         if self.head is not None:
             return self.head(h)
         for layers in self.up:
