@@ -147,6 +147,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
               "prompts": cfg.prompt if cfg.prompt is not None else OmegaConf.to_container(cfg.prompts) if OmegaConf.is_list(cfg.prompts) else cfg.prompts,
               "guidance": first.guidance if first and first.guidance is not None else OmegaConf.to_container(cfg.guidance),
               "skipped": skipped, "seconds": {k: round(v, 3) for k, v in timings.items()}, "versions": _versions()}
+    if getattr(source.cond, "name", None) == "control":
+        report["control"] = {"kind": source.cond.kind, "scale": float(cfg.control.scale), "base": source.cond.base}
     if source.latent is not None:  # what no model decoding through this autoencoder can beat
         report["autoencoder_floor"] = _autoencoder_floor(source, pixels, rows[0]["metrics"], cfg, device, memo)
         log.info("the autoencoder's floor (its reconstructions of the %d test images scored as samples): %s", len(pixels.test),

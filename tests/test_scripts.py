@@ -31,3 +31,20 @@ def test_guidance_table_tabulates_whatever_metrics_the_sweep_has(tmp_path, prdc)
     assert [r.split("|")[1].strip() for r in rows] == ["0", "1", "3"]
     assert "13.000 ± 1.000" in rows[2] and ("0.750 ± 0.020" in rows[2]) == prdc  # fd_ref of w = 3; recall only when measured
     assert (tmp_path / "guidance.png").stat().st_size > 0
+
+
+def test_control_table_orders_scales_and_reports_the_ceiling(tmp_path):
+    for i, s in enumerate((2.0, 0.0, 1.0)):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        metrics = {"control_fidelity": {"value": 0.3 + s / 4, "err": 0.01, "floor": 1.0, "unit": "F1 of edge pixels"},
+                   "fd_ref": {"value": 5 + s, "err": 1.0, "floor": 7.0, "floor_err": 2.0}}
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "control": {"kind": "edges", "scale": s, "base": "b.pt"},
+                                                         "num_samples": 300}))
+    script = SCRIPT.parent / "control_table.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "control.md").read_text()
+    rows = [l for l in text.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [r.split("|")[1].strip() for r in rows] == ["0", "1", "2"] and "0.800 ± 0.010" in rows[2] and "7.000 ± 1.000" in rows[2]
+    assert "real images: F1 of edge pixels 1.000" in text and (tmp_path / "control.png").stat().st_size > 0
