@@ -110,17 +110,11 @@ def load_base(cfg, data) -> tuple[Path, object]:
 def control_inputs(spec, cond: ControlCond, data) -> tuple[torch.Tensor, Optional[torch.Tensor], list]:
     """(control images ``[M, c, H, W]``, the real images they come from when known, names) of ``control.image``: None
     (the test split), a test index or a list of them, or a PNG of the control itself (white = 1)."""
-    from omegaconf import OmegaConf
+    from .steering import load_png, test_images
 
-    from .steering import load_png
-
-    if spec is None or isinstance(spec, int) or OmegaConf.is_list(spec):
-        index = list(range(len(data.test))) if spec is None else [spec] if isinstance(spec, int) else list(spec)
-        bad = [i for i in index if not isinstance(i, int) or not 0 <= i < len(data.test)]
-        if bad or not index:
-            raise UsageError(f"control.image={spec}: the test split has images 0..{len(data.test) - 1}")
-        real = data.test[index].float()
-        return extract(cond.kind, real), real, [f"test {i}" for i in index]
+    chosen = test_images(spec, data, "control.image")
+    if chosen is not None:
+        return extract(cond.kind, chosen[0]), *chosen
     path = Path(str(spec)).expanduser()
     if not path.is_file():
         raise UsageError(f"control.image={spec}: no such file (give test indices or a PNG of the control)")

@@ -48,6 +48,18 @@ def load_png(path: str, shape: tuple, what: str) -> torch.Tensor:
     return arr.permute(2, 0, 1) / 127.5 - 1
 
 
+def test_images(spec, data, key: str) -> Optional[tuple[torch.Tensor, list]]:
+    """``key=<index | [indices] | null>``: (those test-split images, their names), null meaning the whole split; None when
+    ``spec`` names a file instead."""
+    if not (spec is None or isinstance(spec, int) or OmegaConf.is_list(spec)):
+        return None
+    index = list(range(len(data.test))) if spec is None else [spec] if isinstance(spec, int) else list(spec)
+    bad = [i for i in index if not isinstance(i, int) or not 0 <= i < len(data.test)]
+    if bad or not index:
+        raise UsageError(f"{key}={spec}: the test split has images 0..{len(data.test) - 1}")
+    return data.test[index].float(), [f"test {i}" for i in index]
+
+
 def _requested_classes(classes, num_classes: int) -> list:
     """``classes=all | [3, 7] | 3`` as a list of class indices, checked."""
     if classes == "all":

@@ -91,19 +91,13 @@ def superres_inputs(spec, cond: LowResCond, data) -> tuple[torch.Tensor, Optiona
     """(low-resolution inputs ``[M, C, h, w]``, the real images ``[M, C, H, W]`` when known, their names) of
     ``superres.image``: None (the test split), a test index or a list of them, a PNG, or a folder of PNGs; a PNG
     at the model's full resolution is downsampled (and is then the real image), one at the low resolution is the input."""
-    from omegaconf import OmegaConf
-
-    from .steering import load_png
+    from .steering import load_png, test_images
 
     c, h, w = cond.shape
     f = cond.factor
-    if spec is None or isinstance(spec, int) or OmegaConf.is_list(spec):
-        index = list(range(len(data.test))) if spec is None else [spec] if isinstance(spec, int) else list(spec)
-        bad = [i for i in index if not isinstance(i, int) or not 0 <= i < len(data.test)]
-        if bad or not index:
-            raise UsageError(f"superres.image={spec}: the test split has images 0..{len(data.test) - 1}")
-        real = data.test[index].float()
-        return downsample(real, f), real, [f"test {i}" for i in index]
+    chosen = test_images(spec, data, "superres.image")
+    if chosen is not None:
+        return downsample(chosen[0], f), *chosen
     path = Path(str(spec)).expanduser()
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png") if path.is_dir() else [path]
     if not files:

@@ -310,7 +310,9 @@ class Trainer:
                 self.branch = continue_run(self.run_dir, self.metrics, self.step, self.branch, changed, resume)
             self.metrics.branch = self.branch
             log.info("resumed from %s at step %d", resume, self.step)
-        log.info("%s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.task.title, f"{count_parameters(self.net):,}",
+        total, trained = count_parameters(self.net), sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        log.info("%s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.task.title,
+                 f"{total:,}" + (f" ({trained:,} trained, the rest frozen)" if trained < total else ""),
                  self.precision, self.device,
                  f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.launched else "",
                  self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")
