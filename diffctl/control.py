@@ -63,7 +63,7 @@ class ControlCond(Cond):
         c, h, w = data_shape
         self.null = torch.zeros(control_channels(self.kind, data_shape), h, w)
 
-    def draw(self, x0, y, drop, g):
+    def draw(self, x0, y, drop, g, index=None, train=True):
         return _dropped(extract(self.kind, x0), self.null, drop, g)
 
     def inputs(self, labels):

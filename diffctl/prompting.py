@@ -78,9 +78,9 @@ class Cond:
         dim = model_cfg.get("context_dim") or DEFAULT_CONTEXT_DIM
         return Conditioned(build_model(model_cfg, data_shape, classify, context_dim=dim), self.encoder(dim, pretrained), self.null)
 
-    def draw(self, x0: torch.Tensor, y: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
-        """The network inputs of images ``x0`` of classes ``y`` (on ``g``'s device), each the null condition with
-        probability ``drop``."""
+    def draw(self, x0: torch.Tensor, y: torch.Tensor, drop: float, g: torch.Generator, index=None, train: bool = True) -> torch.Tensor:
+        """The network inputs of images ``x0`` of classes ``y`` (items ``index`` of the training split, or with ``train`` false
+        of the test split; on ``g``'s device), each the null condition with probability ``drop``."""
         raise NotImplementedError
 
     def record(self) -> dict:
@@ -108,38 +108,62 @@ class ClassCond(Cond):
     def encoder(self, dim, pretrained=True):
         return ClassTokens(self.num_classes, dim)
 
-    def draw(self, x0, y, drop, g):
+    def draw(self, x0, y, drop, g, index=None, train=True):
         return _dropped(y, self.null, drop, g)
 
     def record(self):
         return {"name": self.name, "num_classes": self.num_classes}
 
 
-class PromptCond(Cond):
-    """Captions of each class (``captions["train"][k]``: the phrasings of class k seen in training) and a tokenizer:
-    ``encode(prompts)`` -> ``[N, L]`` token ids; ``draw`` picks a training phrasing per item."""
+def captions_of(data) -> tuple[dict, bool]:
+    """(captions, per image): a dataset's own caption of each image (``dataset.captions``; ``heldout`` = the test split's),
+    or captions templated from its labels."""
+    if getattr(data, "train_captions", None) is not None:
+        return {"train": [[c] for c in data.train_captions], "heldout": [[c] for c in data.test_captions]}, True
+    return templated_captions(data.name, data.num_classes), False
 
-    def __init__(self, captions: dict):
-        self.captions = captions
-        self.num_classes = len(captions["train"])
-        self._table = None
+
+class PromptCond(Cond):
+    """Captions and a tokenizer: ``encode(prompts)`` -> ``[N, L]`` token ids.  Templated captions are per class
+    (``captions["train"][k]``: the phrasings of class k seen in training) and ``draw`` picks a training phrasing of each
+    item's class; a dataset's own captions (``per_image``) are one per image, drawn by the item's index."""
+
+    def __init__(self, data=None, record: Optional[dict] = None):
+        self.captions, self.per_image = (record["captions"], record.get("per_image", False)) if record else captions_of(data)
+        self.needs_labels = not self.per_image
+        self.num_classes = 0 if self.per_image else len(self.captions["train"])  # classes that classes= may ask for
+        self._tables = {}
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def record(self) -> dict:
+        return {"name": self.name, "captions": self.captions, "per_image": self.per_image}
+
     def label_of(self, prompt: str) -> Optional[int]:
         """The class whose (training or held-out) caption ``prompt`` is, in normal form; None for another prompt."""
+        if self.per_image:
+            return None
         key = " ".join(words(prompt))
         return next((k for part in PROMPT_SETS for k, caps in enumerate(self.captions[part]) if key in (" ".join(words(c)) for c in caps)), None)
 
     def inputs(self, labels):
         return self.encode([self.captions["train"][k][0] for k in labels.tolist()])
 
-    def draw(self, x0, y, drop, g):
-        if self._table is None or self._table.device != y.device:
-            self._table = torch.stack([self.encode(caps) for caps in self.captions["train"]]).to(y.device)  # [K, P, L]
-        phrasing = torch.randint(self._table.shape[1], (len(y),), generator=g, device=y.device)
-        return _dropped(self._table[y, phrasing], self.null, drop, g)
+    def _table(self, part: str, device) -> torch.Tensor:
+        """The token ids of every caption of ``part``, ``[K, P, L]``, on ``device`` (encoded once)."""
+        key = (part, str(device))
+        if key not in self._tables:
+            self._tables[key] = torch.stack([self.encode(caps) for caps in self.captions[part]]).to(device)
+        return self._tables[key]
+
+    def draw(self, x0, y, drop, g, index=None, train=True):
+        if self.per_image:  # the item's own caption (the held-out batch: a test image's)
+            ids = self._table("train" if train else "heldout", index.device)[index, 0]
+        else:
+            table = self._table("train", y.device)
+            ids = table[y, torch.randint(table.shape[1], (len(y),), generator=g, device=y.device)]
+        return _dropped(ids, self.null, drop, g)
 
 
 class TextCond(PromptCond):
@@ -150,12 +174,15 @@ class TextCond(PromptCond):
 
     def __init__(self, data=None, record: Optional[dict] = None, *, layers: int = 2, heads: int = 4, max_words: int = 16,
                  unknown_words: str = "error"):
-        super().__init__(record["captions"] if record else templated_captions(data.name, data.num_classes))
+        super().__init__(data, record)
         if record:
             self.vocab = list(record["vocab"])
         else:
             seen = dict.fromkeys(w for caps in self.captions["train"] for c in caps for w in words(c))
             self.vocab = ["<pad>", "<bos>", *seen]
+            longest = max(len(words(c)) for caps in self.captions["train"] for c in caps)
+            if longest > max_words:
+                raise UsageError(f"the longest training caption has {longest} words; cond.max_words={max_words}: raise it to {longest}")
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.layers, self.heads, self.max_words, self.unknown_words = layers, heads, max_words, unknown_words
         self.null = self.encode([""])[0]
@@ -179,7 +206,7 @@ class TextCond(PromptCond):
         return TextEncoder(len(self.vocab), self.max_words + 1, dim, self.layers, self.heads)
 
     def record(self):
-        return {"name": self.name, "captions": self.captions, "vocab": self.vocab}
+        return {**super().record(), "vocab": self.vocab}
 
 
 CLIP_FILES = {"config.json": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin"),
@@ -214,7 +241,7 @@ class ClipCond(PromptCond):
     name = "clip"
 
     def __init__(self, data=None, record: Optional[dict] = None, *, path: str = ""):
-        super().__init__(record["captions"] if record else templated_captions(data.name, data.num_classes))
+        super().__init__(data, record)
         self.path = check_clip_folder(record["path"] if record else path, recorded=bool(record))
         try:
             from transformers import CLIPTextConfig, CLIPTokenizerFast
@@ -237,7 +264,7 @@ class ClipCond(PromptCond):
         return FrozenCLIP(clip, dim)
 
     def record(self):
-        return {"name": self.name, "captions": self.captions, "path": str(self.path)}
+        return {**super().record(), "path": str(self.path)}
 
 
 def no_cond(data=None, record=None):

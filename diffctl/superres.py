@@ -62,7 +62,7 @@ class LowResCond(Cond):
         self.factor, self.noise, self.blur, self.shape = int(factor), float(noise), float(blur), (c, h, w)
         self.null = torch.zeros(c, h // self.factor, w // self.factor)  # mid-grey: no image
 
-    def draw(self, x0, y, drop, g):
+    def draw(self, x0, y, drop, g, index=None, train=True):
         low = downsample(x0, self.factor)
         if drop:  # training draws (held-out batches draw with drop 0: no augmentation either)
             if self.blur:

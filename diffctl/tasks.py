@@ -72,12 +72,13 @@ class DiffusionTask:
         """The network behind what the loss calls (the preconditioning)."""
         return Denoiser(net, self.alpha_bar_dev, self.cfg.model.prediction, self.cfg.model.sigma_data)
 
-    def draw(self, g: torch.Generator, x0: torch.Tensor, y, train: bool = True) -> dict:
-        """The per-item draws of a batch of images ``x0`` (labels ``y``) from ``g``, on ``g``'s device."""
+    def draw(self, g: torch.Generator, x0: torch.Tensor, y, train: bool = True, index=None) -> dict:
+        """The per-item draws of a batch of images ``x0`` (labels ``y``; items ``index`` of the training split, or of the
+        test split when not ``train``) from ``g``, on ``g``'s device."""
         out = {"sigma": self.objective.sigmas(len(x0), self._alpha_bar_on(g.device), generator=g)}
         drop = self.cfg.trainer.cond_drop_prob if train else 0.0
         if self.cond is not None:
-            out["y"] = self.cond.draw(x0, y, drop, g)  # the label, or a random training phrasing of its caption, or the null condition
+            out["y"] = self.cond.draw(x0, y, drop, g, index, train)  # the label, or a random training phrasing of its caption, or the null condition
         elif self.labels:
             out["y"] = drop_labels(y, drop, self.cfg.model.num_classes, g)
         out["noise"] = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
@@ -94,6 +95,11 @@ class DiffusionTask:
 
     def grid_conditioning(self) -> Conditioning | None:
         """A conditional model's sample grids: the classes in turn (a prompt model: each class's first training caption)."""
+        n = self.cfg.trainer.num_grid
+        if getattr(self.cond, "per_image", False):  # the dataset's own captions: the training images', in turn
+            seen = [caps[0] for caps in self.cond.captions["train"]]
+            prompts = [seen[i % len(seen)] for i in range(n)]
+            return Conditioning(None, self.cond.null, inputs=self.cond.encode(prompts), prompts=prompts)
         k = self.cond.num_classes if self.cond is not None else self.cfg.model.num_classes
         if not k:
             return None
@@ -121,7 +127,7 @@ class ClassifierTask(DiffusionTask):
     def wrap(self, net) -> NoisyClassifier:
         return NoisyClassifier(net, self.alpha_bar_dev, self.cfg.model.sigma_data)
 
-    def draw(self, g, x0, y, train=True) -> dict:
+    def draw(self, g, x0, y, train=True, index=None) -> dict:
         return super().draw(g, x0, y, train=False)  # the true labels, never dropped
 
     def loss(self, wrapped, batch):
@@ -157,7 +163,7 @@ class AutoencoderTask:
     def wrap(self, net) -> Reconstruction:
         return Reconstruction(net, self.cfg.autoencoder.kl_weight, self.cfg.autoencoder.get("disc_weight", 0.0))
 
-    def draw(self, g, x0, y, train=True) -> dict:
+    def draw(self, g, x0, y, train=True, index=None) -> dict:
         return {"noise": torch.randn((len(x0), *self.latent_shape), generator=g, device=g.device, dtype=x0.dtype)}
 
     def loss(self, wrapped, batch):

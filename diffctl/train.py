@@ -184,7 +184,7 @@ class Trainer:
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = torch.rand(n, generator=g, device=dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return {"x0": x0, **self.task.draw(g, x0, self.train_y[idx] if self.train_y is not None else None)}
+        return {"x0": x0, **self.task.draw(g, x0, self.train_y[idx] if self.train_y is not None else None, index=idx)}
 
     def _micro_loss(self, batch: dict) -> torch.Tensor:
         """The mean loss of a micro-batch: the network behind the preconditioning, and the loss (what trainer.compile compiles)."""
@@ -276,7 +276,7 @@ class Trainer:
             n = min(len(self.data.test), self.cfg.trainer.eval_batch)
             idx = torch.randperm(len(self.data.test), generator=g)[:n]
             x0, y = self.data.test[idx], self.data.test_labels[idx] if self.task.labels else None
-            batch = {"x0": x0, **self.task.draw(g, x0, y, train=False)}
+            batch = {"x0": x0, **self.task.draw(g, x0, y, train=False, index=idx)}
             self._heldout_batch = {key: v.to(self.device) for key, v in batch.items()}
         net = net if net is not None else self.net  # the raw network (not DDP's or torch.compile's wrapper), so one rank alone may call it
         net.eval()  # no dropout

@@ -175,8 +175,10 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
                              "cross-attention, model.num_classes adds them to the time embedding)")
         if cfg.model.arch != "unet":
             raise UsageError(f"cond={cond.name} reads its condition through cross-attention, which model.arch=unet has; model.arch={cfg.model.arch} has not")
-        if data.train_labels is None:
-            raise UsageError(f"cond={cond.name} needs a labelled dataset (its captions are templated from the labels); dataset={data.name} has no labels")
+        if data.train_labels is None and (cond.name == "class" or data.train_captions is None):
+            raise UsageError(f"cond={cond.name} needs a labelled dataset (captions are templated from the labels)"
+                             + ("" if cond.name == "class" else " or captions (dataset=folder dataset.captions=<metadata.jsonl>)")
+                             + f"; dataset={data.name} has neither")
         width = cfg.model.get("context_dim") or 128
         if cond.name == "text" and width % cond.heads:
             raise UsageError(f"cond.heads={cond.heads} must divide the text encoder's width model.context_dim={width}")

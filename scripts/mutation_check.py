@@ -143,6 +143,23 @@ MUTATIONS = [
              "self.pending = Window(window[\"sum\"], window[\"n\"]", "self.pending = Window(0.0, 0", ("tests/test_robustness.py",)),
     Mutation("a new lr on resume is ignored", "resume", "diffctl/train.py",
              "self.sched.base_lrs = [lr for _ in self.opt.param_groups]", "pass", ("tests/test_reliability.py",)),
+    Mutation("cross-attention reads the padding tokens", "cond", "diffctl/models/unet.py",
+             "attn_mask=None if mask is None else mask[:, None, None, :]", "attn_mask=None", ("tests/test_prompting.py",)),
+    Mutation("the text encoder attends to padding", "cond", "diffctl/models/context.py",
+             "a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])",
+             "a = F.scaled_dot_product_attention(q, k, v)", ("tests/test_prompting.py",)),
+    Mutation("prompts are dropped when they should be kept", "cond", "diffctl/prompting.py",
+             "return torch.where(hit.reshape", "return torch.where(~hit.reshape", ("tests/test_prompting.py",)),
+    Mutation("guidance with prompts uses the prompt as its own null", "cond", "diffctl/core/guidance.py",
+             "y_null = torch.as_tensor(null, device=x.device).to(y.dtype).expand_as(y)", "y_null = y", ("tests/test_prompting.py", "tests/test_guidance.py")),
+    Mutation("the ControlNet base is not frozen", "control", "diffctl/models/controlnet.py",
+             "self.base = base.requires_grad_(False)", "self.base = base", ("tests/test_control.py",)),
+    Mutation("edges at a lower threshold", "control", "diffctl/control.py",
+             "return ((gx**2 + gy**2).sqrt() > 2.0).float()", "return ((gx**2 + gy**2).sqrt() > 0.5).float()", ("tests/test_control.py",)),
+    Mutation("super-resolution downsamples by the wrong factor", "superres", "diffctl/superres.py",
+             "return F.avg_pool2d(x, factor)", "return F.avg_pool2d(x, factor) if factor > 2 else F.max_pool2d(x, factor)", ("tests/test_superres.py",)),
+    Mutation("the discriminator trains the decoder", "autoencoder", "diffctl/models/autoencoder.py",
+             "real, fake = d(x).float(), d(recon.detach()).float()", "real, fake = d(x).float(), d(recon).float()", ("tests/test_autoencoder.py",)),
 ]
 
 

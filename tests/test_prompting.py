@@ -81,8 +81,10 @@ def test_text_condition_encodes_prompts_and_refuses_unknown_words_in_one_line():
         cond.encode(["a drawn three"])
     skip = TextCond(Digits(), unknown_words="skip")
     assert torch.equal(skip.encode(["a drawn three"]), skip.encode(["a three"]))
-    with pytest.raises(UsageError, match="reads at most cond.max_words=3"):
-        TextCond(Digits(), max_words=3).encode(["a picture of the number 3"])
+    with pytest.raises(UsageError, match="reads at most cond.max_words=6"):
+        TextCond(Digits(), max_words=6).encode(["the digit the digit the digit 3"])
+    with pytest.raises(UsageError, match="the longest training caption has 6 words; cond.max_words=5"):
+        TextCond(Digits(), max_words=5)  # "a picture of the number seven"
 
 
 def test_training_draws_a_caption_of_each_items_class_and_drops_to_the_empty_prompt():
@@ -164,3 +166,50 @@ def test_a_prompt_for_an_unconditional_or_class_conditional_model_is_a_one_line_
     out = run_folder(diffctl("sample", "classes=[3]", "guidance.scale=2", "num_samples=2", "steps=2"))
     assert json.loads((out / "sample.json").read_text())["labels"] == [3, 3]
     assert_one_line_error(cli("sample", "prompt=the digit three", "steps=2"), "sample", "this model is class-conditional")
+
+
+def _captioned_folder(root, missing: bool = False):
+    """Two classes of 8x8 grey images and a Hugging Face ImageFolder metadata.jsonl with a caption for each."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for name, shade in (("bright", 220), ("dark", 40)):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            arr = np.full((8, 8), shade, np.uint8)
+            arr[i % 8] = 255 - shade
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+            rows.append({"file_name": f"{name}/{i}.png", "text": f"a {name} square with a line in row {i % 8}"})
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows[: len(rows) - missing]))
+
+
+def test_a_folders_own_captions_are_drawn_per_image_and_heldout_are_the_test_splits(tmp_path, diffctl, cli):
+    from diffctl.config import load_option
+    from diffctl.data import load_dataset
+
+    _captioned_folder(tmp_path / "imgs")
+    cfg = load_option("dataset", "folder")
+    cfg.root, cfg.image_size, cfg.grayscale, cfg.captions = str(tmp_path / "imgs"), 8, True, "metadata.jsonl"
+    data = load_dataset(cfg)
+    assert len(data.train_captions) == len(data.train) == 18 and len(data.test_captions) == 2  # every 10th image is test
+    cond = TextCond(data)
+    assert cond.per_image and not cond.needs_labels and cond.num_classes == 0 and cond.label_of(data.train_captions[0]) is None
+    index = torch.tensor([5, 0, 17, 5])
+    ids = cond.draw(None, None, 0.0, torch.Generator().manual_seed(0), index=index)
+    decoded = [" ".join(cond.vocab[i] for i in row[1:] if i != PAD) for row in ids.tolist()]
+    assert decoded == [data.train_captions[i] for i in index.tolist()]  # each image's own caption
+    held = cond.draw(None, None, 0.0, torch.Generator(), index=torch.tensor([1]), train=False)
+    assert torch.equal(held[0], cond.encode([data.test_captions[1]])[0])
+    args = [f"dataset.root={tmp_path / 'imgs'}", "dataset.image_size=8", "dataset.grayscale=true", "dataset.captions=metadata.jsonl"]
+    run = run_folder(diffctl("train", "cond=text", "dataset=folder", *args, *FAST))
+    assert torch.load(next((run / "checkpoints").iterdir()), weights_only=True)["cond"]["per_image"] is True
+    record = json.loads((run_folder(diffctl("sample", "prompts=heldout", "num_samples=2", "steps=2")) / "sample.json").read_text())
+    assert record["prompts"] == data.test_captions and "labels" not in record
+    _captioned_folder(tmp_path / "partial", missing=True)
+    assert_one_line_error(cli("train", "cond=text", "dataset=folder", f"dataset.root={tmp_path / 'partial'}", *args[1:], *FAST), "train",
+                          "1 of the images have no caption (first: dark/9.png)")
+    assert_one_line_error(cli("train", "cond=text", "dataset=mnist5k", "dataset.captions=x.jsonl", *FAST), "train",
+                          "dataset.captions is for dataset=folder")
+    assert_one_line_error(cli("train", "cond=text", "dataset=folder", *args, "cond.max_words=4", *FAST), "train",
+                          "the longest training caption has 9 words; cond.max_words=4")

@@ -29,6 +29,8 @@ class Dataset:
     num_classes: int = 0
     oracle: Optional[Callable] = None  # the exact denoiser D(x, sigma), where the distribution is known
     hflip: bool = False  # the trainer flips training images horizontally at random (augmentation)
+    train_captions: Optional[list] = None  # a caption per image (dataset=folder dataset.captions=<metadata.jsonl>), for cond=text|clip
+    test_captions: Optional[list] = None
 
     @property
     def shape(self) -> tuple:
@@ -47,6 +49,8 @@ class Dataset:
         h.update(repr((self.name, self.shape, self.levels, self.num_classes)).encode())
         for t in (self.train, self.test, self.train_labels, self.test_labels):
             h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
+        if self.train_captions is not None:
+            h.update(repr((self.train_captions, self.test_captions)).encode())
         return h.hexdigest()
 
 

@@ -216,6 +216,7 @@ def _folder(cfg, split: str):
     if len(items) < 2:
         raise UsageError(f"dataset=folder: fewer than 2 images under {root}/<class>/ ({', '.join(EXTENSIONS)})")
     chosen = [it for i, it in enumerate(items) if (i % 10 == 0) == (split == "test")]  # every 10th image is test
+    cfg.paths[split] = [p for p, _ in chosen]  # for dataset.captions
     x = _read_images([p for p, _ in chosen], cfg, 1 if cfg.grayscale else 3)
     return x, np.array([c for _, c in chosen], dtype=np.int64), len(classes) if len(classes) > 1 else 0
 
@@ -235,16 +236,47 @@ def _mnist5k(cfg, split: str):
 READERS = {"mnist": _mnist, "fashion_mnist": _mnist, "cifar10": _cifar10, "celeba": _celeba, "folder": _folder, "mnist5k": _mnist5k}
 
 
+def read_captions(path: str, root: Path, images: dict) -> dict:
+    """``{split: [caption of each image]}`` from a Hugging Face ImageFolder ``metadata.jsonl`` (one JSON object per line with
+    ``file_name``, the image's path relative to the folder, and ``text``); every image needs one."""
+    import json
+
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() or file.is_file() else root / file
+    if not file.is_file():
+        raise UsageError(f"dataset.captions={path}: no such file (a metadata.jsonl of lines {{\"file_name\": \"<class>/<image>\", \"text\": \"...\"}})")
+    text = {}
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text[str(Path(row["file_name"]))] = str(row["text"])
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"dataset.captions={file}: line {n} is not a JSON object with file_name and text") from None
+    out = {}
+    for split, paths in images.items():
+        names = [str(p.relative_to(root)) for p in paths]
+        missing = [n for n in names if n not in text]
+        if missing:
+            raise UsageError(f"dataset.captions={file}: {len(missing)} of the images have no caption (first: {missing[0]})")
+        out[split] = [text[n] for n in names]
+    return out
+
+
 def load(name: str, *, root: str = "data", download: bool = False, image_size: Optional[int] = None, crop: Optional[int] = None,
-         hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False) -> dict:
+         hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False, captions: Optional[str] = None) -> dict:
     """Images in torchvision's layout under ``root`` (env DIFFCTL_DATA; for folder: ``<root>/<class>/<images>``).
 
     download: fetch with torchvision's downloader (needs a network; offline, missing files are an error
     naming them); image_size: resize the shorter side and centre-crop to it (None: as stored); crop:
     centre crop (px) before resizing (CelebA: 140); hflip: random horizontal flips while training;
-    limit: only the first N images of each split; grayscale: folder images read as 1 channel.
+    limit: only the first N images of each split; grayscale: folder images read as 1 channel; captions (folder): a
+    metadata.jsonl (path, or relative to root) with a caption for every image, for cond=text|clip.
     """
-    cfg = SimpleNamespace(**{k: v for k, v in locals().items()})  # what the readers below look up
+    cfg = SimpleNamespace(**{k: v for k, v in locals().items()}, paths={})  # what the readers below look up
+    if captions is not None and name != "folder":
+        raise UsageError(f"dataset.captions is for dataset=folder (a metadata.jsonl beside the images); dataset={name} captions its labels with cond=text")
     if cfg.download:
         _download(cfg)
     out = {}
@@ -254,4 +286,7 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
             x, y = x[: cfg.limit], (y[: cfg.limit] if y is not None else None)
         out[split] = torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
         out[f"{split}_labels"] = torch.from_numpy(np.array(y, dtype=np.int64)) if y is not None else None
+    if captions is not None:
+        text = read_captions(captions, Path(cfg.root), cfg.paths)
+        out.update({f"{split}_captions": text[split][: cfg.limit or None] for split in text})
     return dict(**out, levels=LEVELS, num_classes=classes, hflip=cfg.hflip)
