@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .prompting import Cond, _dropped
+from .prompting import Cond, dropped
 
 log = logging.getLogger("diffctl.control")
 
@@ -64,7 +64,7 @@ class ControlCond(Cond):
         self.null = torch.zeros(control_channels(self.kind, data_shape), h, w)
 
     def draw(self, x0, y, drop, g, index=None, train=True):
-        return _dropped(extract(self.kind, x0), self.null, drop, g)
+        return dropped(extract(self.kind, x0), self.null, drop, g)
 
     def inputs(self, labels):
         raise UsageError("a ControlNet is steered by its control images (control.image=), not classes=")

@@ -5,6 +5,9 @@
     text   captions -> word ids -> a small transformer trained jointly with the denoiser (GLIDE)
     clip   captions -> CLIP token ids -> a local, frozen Hugging Face CLIP text encoder (Stable Diffusion)
 
+The same ``Cond`` interface carries the image conditions of ``task=superres`` (``superres.LowResCond``)
+and ``task=controlnet`` (``control.ControlCond``); ``condition_of`` picks a run's.
+
 A labelled dataset's captions are templated from its labels in a few phrasings ("a handwritten 7",
 "the digit seven", ...); other phrasings of the same words are held out of training, to measure
 whether the model follows a prompt it has not seen ("the digit 7").  A condition object (``Cond``)
@@ -91,7 +94,8 @@ class Cond:
         return labels
 
 
-def _dropped(inputs: torch.Tensor, null: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
+def dropped(inputs: torch.Tensor, null: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
+    """Each item of ``inputs`` replaced by the null condition with probability ``drop`` (classifier-free training)."""
     hit = torch.rand(len(inputs), generator=g, device=inputs.device) < drop
     return torch.where(hit.reshape(-1, *[1] * (inputs.ndim - 1)), null.to(inputs.device), inputs)
 
@@ -109,7 +113,7 @@ class ClassCond(Cond):
         return ClassTokens(self.num_classes, dim)
 
     def draw(self, x0, y, drop, g, index=None, train=True):
-        return _dropped(y, self.null, drop, g)
+        return dropped(y, self.null, drop, g)
 
     def record(self):
         return {"name": self.name, "num_classes": self.num_classes}
@@ -163,7 +167,7 @@ class PromptCond(Cond):
         else:
             table = self._table("train", y.device)
             ids = table[y, torch.randint(table.shape[1], (len(y),), generator=g, device=y.device)]
-        return _dropped(ids, self.null, drop, g)
+        return dropped(ids, self.null, drop, g)
 
 
 class TextCond(PromptCond):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .prompting import Cond, _dropped
+from .prompting import Cond, dropped
 
 FACTORS = (2, 4)
 
@@ -72,7 +72,7 @@ class LowResCond(Cond):
             if self.noise:
                 std = torch.rand(len(low), 1, 1, 1, generator=g, device=low.device) * self.noise
                 low = low + std * torch.randn(low.shape, generator=g, device=low.device, dtype=low.dtype)
-        return _dropped(low, self.null, drop, g)
+        return dropped(low, self.null, drop, g)
 
     def inputs(self, labels):
         raise UsageError("a super-resolution model upsamples images: give superres.image=, not classes=")
