@@ -9,7 +9,9 @@ folder: per guidance scale, the conditional accuracy (the reference classifier a
 requested class), fd_ref (quality and diversity against the train split) and precision / recall,
 each with its error bar and real-vs-real floor. The trade-off of guidance is visible there:
 accuracy and precision go up with the scale while recall (diversity) goes down and fd_ref rises.
-A sweep whose jobs use a classifier is tabulated over the classifier scale s.
+A sweep whose jobs use a classifier is tabulated over the classifier scale s. A text-conditioned
+model's sweep over prompts too (``-m prompts=train,heldout guidance.scale=1,2,3``) gets a prompts
+column and one curve per prompt set.
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ def main() -> None:
         raise SystemExit(f"no */metrics.json under {sweep}: pass the folder of a 'diffctl eval -m guidance.scale=...' sweep")
     kind = "classifier_scale" if any("classifier_scale" in r["guidance"] for r in reports) else "scale"
     symbol, axis = ("s", "classifier guidance scale s") if kind == "classifier_scale" else ("w", "guidance scale w")
-    reports.sort(key=lambda r: (r["guidance"].get("rescale", 0), r["guidance"][kind]))
+    group = lambda r: r.get("prompts") if isinstance(r.get("prompts"), str) else ("listed" if r.get("prompts") else "")
+    reports.sort(key=lambda r: (group(r), r["guidance"].get("rescale", 0), r["guidance"][kind]))
+    prompted = any(group(r) for r in reports)
     pm = lambda m, key="value", err="err": f"{m[key]:.3f} ± {m[err]:.3f}" if m.get(err) is not None else f"{m[key]:.3f}"
     second = "classifier gradients" if kind == "classifier_scale" else "rescale"
-    lines = [f"| {symbol} | {second} | NFE | cond_acc | fd_ref | precision | recall |", "|---|---|---|---|---|---|---|"]
+    lines = [("| prompts " if prompted else "") + f"| {symbol} | {second} | NFE | cond_acc | fd_ref | precision | recall |",
+             ("|---" if prompted else "") + "|---|---|---|---|---|---|---|"]
     rows = []
     for r in reports:
         m, g = r["metrics"], r["guidance"]
         acc, fd, pr = m.get("cond_acc"), m.get("fd_ref"), m.get("prdc_ref")
-        rows.append({"w": g[kind], "rescale": g.get("rescale", 0), "acc": acc, "fd": fd, "pr": pr})
+        rows.append({"w": g[kind], "rescale": g.get("rescale", 0), "acc": acc, "fd": fd, "pr": pr, "group": group(r)})
         recall = f"{pr['recall']:.3f} ± {pr['errors']['recall']:.3f}" if pr else ""
         second_value = r.get("classifier_nfe", 0) if kind == "classifier_scale" else g.get("rescale", 0)
-        lines.append(f"| {g[kind]:g} | {second_value:g} | {r['nfe']} | {pm(acc) if acc else ''} | {pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {recall} |")
+        lines.append((f"| {group(r)} " if prompted else "") + f"| {g[kind]:g} | {second_value:g} | {r['nfe']} | {pm(acc) if acc else ''} | {pm(fd) if fd else ''} | {pm(pr) if pr else ''} | {recall} |")
     first = reports[0]["metrics"]
     floors = []
     if "cond_acc" in first:
@@ -58,19 +63,26 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plain = [r for r in rows if r["rescale"] == 0]
-    w = [r["w"] for r in plain]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
-    for ax, key, part, title in ((axes[0], "acc", "value", "conditional accuracy"), (axes[1], "fd", "value", "fd_ref (lower is better)"),
-                                 (axes[2], "pr", None, "precision / recall")):
-        if part is None and all(r["pr"] for r in plain):
-            for name in ("precision", "recall"):
-                ax.errorbar(w, [r["pr"][name] for r in plain], yerr=[r["pr"]["errors"][name] for r in plain], marker="o", capsize=3, label=name)
-            ax.legend()
-        elif part is not None and all(r[key] for r in plain):
-            ax.errorbar(w, [r[key]["value"] for r in plain], yerr=[r[key].get("err") or 0 for r in plain], marker="o", capsize=3)
-            ax.axhline(plain[0][key]["floor"], color="gray", ls="--", label="real vs real")
-            ax.legend()
+    for name in dict.fromkeys(r["group"] for r in rows):  # one curve per prompt set (one curve without prompts)
+        plain = [r for r in rows if r["rescale"] == 0 and r["group"] == name]
+        if not plain:
+            continue
+        w, tag = [r["w"] for r in plain], f"prompts={name}: " if name else ""
+        for ax, key, part in ((axes[0], "acc", "value"), (axes[1], "fd", "value"), (axes[2], "pr", None)):
+            if part is None and all(r["pr"] for r in plain):
+                for metric in ("precision", "recall"):
+                    ax.errorbar(w, [r["pr"][metric] for r in plain], yerr=[r["pr"]["errors"][metric] for r in plain], marker="o", capsize=3,
+                                label=tag + metric)
+            elif part is not None and all(r[key] for r in plain):
+                ax.errorbar(w, [r[key]["value"] for r in plain], yerr=[r[key].get("err") or 0 for r in plain], marker="o", capsize=3,
+                            label=tag.rstrip(": ") or None)
+    first = [r for r in rows if r["rescale"] == 0][:1]
+    for ax, key, title in ((axes[0], "acc", "conditional accuracy"), (axes[1], "fd", "fd_ref (lower is better)"), (axes[2], "pr", "precision / recall")):
+        if key != "pr" and first and first[0][key]:
+            ax.axhline(first[0][key]["floor"], color="gray", ls="--", label="real vs real")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.set_xlabel(axis)
         ax.set_title(title)
         ax.grid(alpha=0.3)

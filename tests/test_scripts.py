@@ -48,3 +48,14 @@ def test_control_table_orders_scales_and_reports_the_ceiling(tmp_path):
     rows = [l for l in text.splitlines() if l.startswith("| ") and l[2].isdigit()]
     assert [r.split("|")[1].strip() for r in rows] == ["0", "1", "2"] and "0.800 ± 0.010" in rows[2] and "7.000 ± 1.000" in rows[2]
     assert "real images: F1 of edge pixels 1.000" in text and (tmp_path / "control.png").stat().st_size > 0
+
+
+def test_guidance_table_of_a_prompt_sweep_has_a_row_per_prompt_set_and_scale(tmp_path):
+    for i, (prompts, w) in enumerate((("train", 2.0), ("heldout", 1.0), ("train", 1.0), ("heldout", 2.0))):
+        _job(tmp_path / str(i), w, False)
+        path = tmp_path / str(i) / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "prompts": prompts}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [l.split("|")[1:3] for l in (tmp_path / "guidance.md").read_text().splitlines() if l.startswith("| ") and not l.startswith("| prompts")]
+    assert [(p.strip(), w.strip()) for p, w in rows] == [("heldout", "1"), ("heldout", "2"), ("train", "1"), ("train", "2")]
