@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .prompting import Cond, dropped
+from .prompting import Cond, PixelTables, dropped
 
 log = logging.getLogger("diffctl.control")
 
@@ -56,15 +56,19 @@ class ControlCond(Cond):
     name = "control"
     needs_labels = False
 
-    def __init__(self, kind: str, data_shape, record: Optional[dict] = None, base: Optional[str] = None):
+    def __init__(self, kind: str, data_shape, record: Optional[dict] = None, base: Optional[str] = None, pixels=None):
+        """``data_shape``: the images' (a latent model's pixels'; ``pixels``: that dataset, whose controls a latent run looks
+        up by item index)."""
         self.kind = record["kind"] if record else kind
         self.base = record["base"] if record else base  # the base run's checkpoint file (loaded at training only)
         self.base_sha256 = record.get("base_sha256") if record else None
-        c, h, w = data_shape
-        self.null = torch.zeros(control_channels(self.kind, data_shape), h, w)
+        c, h, w = self.shape = tuple(record.get("shape", data_shape) if record else data_shape)
+        self.null = torch.zeros(control_channels(self.kind, self.shape), h, w)
+        self.lookup = PixelTables(pixels, lambda x: extract(self.kind, x)) if pixels is not None else None
 
     def draw(self, x0, y, drop, g, index=None, train=True):
-        return dropped(extract(self.kind, x0), self.null, drop, g)
+        control = extract(self.kind, x0) if self.lookup is None else self.lookup(index, train)
+        return dropped(control, self.null, drop, g)
 
     def inputs(self, labels):
         raise UsageError("a ControlNet is steered by its control images (control.image=), not classes=")
@@ -78,31 +82,47 @@ class ControlCond(Cond):
             from .runtime import load_trained
 
             base.load_state_dict(load_trained(Path(self.base), torch.device("cpu")).net.state_dict())
-        return ControlledUNet(base, control_channels(self.kind, data_shape), self.null)
+        return ControlledUNet(base, self.null.shape[0], self.null, downsample=self.shape[1] // data_shape[1])
 
     def record(self):
         from .latent import file_sha256
 
-        return {"name": self.name, "kind": self.kind, "base": self.base, "base_sha256": self.base_sha256 or file_sha256(Path(self.base))}
+        return {"name": self.name, "kind": self.kind, "base": self.base, "base_sha256": self.base_sha256 or file_sha256(Path(self.base)),
+                "shape": list(self.shape)}
 
 
-def load_base(cfg, data) -> tuple[Path, object]:
-    """The base run of ``task=controlnet`` (``base=<run folder|checkpoint|latest>``), checked against this run's data:
-    (its checkpoint, its ``runtime.Trained``)."""
+def _base_checkpoint(cfg) -> Path:
     from .io.rundir import resolve_checkpoint
-    from .runtime import load_trained
 
     if not cfg.get("base"):
         raise UsageError("task=controlnet trains a ControlNet on a frozen diffusion model: give base=<its run folder | checkpoint | latest>")
-    path = resolve_checkpoint(str(cfg.base), Path(cfg.paths.output_root), key="base")
+    return resolve_checkpoint(str(cfg.base), Path(cfg.paths.output_root), key="base")
+
+
+def base_autoencoder(cfg) -> Optional[str]:
+    """The autoencoder checkpoint a latent base run decodes through (None for a pixel-space base): the ControlNet run
+    trains in that latent space."""
+    from .io.checkpoint import load_checkpoint
+
+    record = load_checkpoint(_base_checkpoint(cfg)).get("latent")
+    return record["autoencoder"] if isinstance(record, dict) else None
+
+
+def load_base(cfg, data, pixels=None) -> tuple[Path, object]:
+    """The base run of ``task=controlnet`` (``base=<run folder|checkpoint|latest>``), checked against this run's data
+    (``pixels``: a latent run's pixel dataset): (its checkpoint, its ``runtime.Trained``)."""
+    from .runtime import load_trained
+
+    path = _base_checkpoint(cfg)
     trained = load_trained(path, torch.device("cpu"))
     base = trained.cfg
     if base.get("task", "diffusion") != "diffusion" or base.model.arch != "unet" or base.model.num_classes or \
-            (base.get("cond") or {}).get("name", "none") != "none" or trained.latent is not None:
-        raise UsageError(f"base={path}: a ControlNet here controls an unconditional pixel-space unet diffusion model; this one is "
-                         f"{'a ' + base.get('task') + ' run' if base.get('task', 'diffusion') != 'diffusion' else 'conditional, latent or not a unet'}")
-    if base.dataset.name != data.name or tuple(trained.data_shape) != tuple(data.shape):
-        raise UsageError(f"base={path} was trained on dataset={base.dataset.name} {list(trained.data_shape)}; this run's dataset={data.name} "
+            (base.get("cond") or {}).get("name", "none") != "none":
+        raise UsageError(f"base={path}: a ControlNet here controls an unconditional unet diffusion model; this one is "
+                         f"{'a ' + base.get('task') + ' run' if base.get('task', 'diffusion') != 'diffusion' else 'conditional or not a unet'}")
+    images = pixels if pixels is not None else data
+    if base.dataset.name != images.name or tuple(trained.data_shape) != tuple(data.shape):
+        raise UsageError(f"base={path} was trained on dataset={base.dataset.name} {list(trained.data_shape)}; this run's dataset={images.name} "
                          f"has items of shape {list(data.shape)}: train the ControlNet on the base's dataset")
     return path, trained
 

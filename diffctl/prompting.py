@@ -94,6 +94,21 @@ class Cond:
         return labels
 
 
+class PixelTables:
+    """What a latent model's image condition is made from: a function of the pixel images (``make``), computed once per
+    split and device for the whole dataset and looked up by item index, since the batch the trainer draws is latents."""
+
+    def __init__(self, pixels, make):
+        self.pixels, self.make, self._tables = pixels, make, {}
+
+    def __call__(self, index: torch.Tensor, train: bool) -> torch.Tensor:
+        key = (train, str(index.device))
+        if key not in self._tables:
+            images = self.pixels.train if train else self.pixels.test
+            self._tables[key] = torch.cat([self.make(b.float()) for b in images.split(1024)]).to(index.device)
+        return self._tables[key][index]
+
+
 def dropped(inputs: torch.Tensor, null: torch.Tensor, drop: float, g: torch.Generator) -> torch.Tensor:
     """Each item of ``inputs`` replaced by the null condition with probability ``drop`` (classifier-free training)."""
     hit = torch.rand(len(inputs), generator=g, device=inputs.device) < drop
@@ -291,18 +306,20 @@ def build_cond(cond_cfg, data=None, record: Optional[dict] = None) -> Optional[C
     return CONDS.build(cond_cfg, data, record)
 
 
-def condition_of(cfg, data_shape, data=None, record: Optional[dict] = None) -> Optional[Cond]:
-    """The condition a diffusion run's network reads: ``task=superres``'s low-resolution image, or ``cond=``'s
-    (``build_cond``); at training from ``data``, at loading from the checkpoint's ``record``."""
+def condition_of(cfg, data_shape, data=None, record: Optional[dict] = None, pixels=None) -> Optional[Cond]:
+    """The condition a diffusion run's network reads: ``task=superres``'s low-resolution image, ``task=controlnet``'s
+    control, or ``cond=``'s (``build_cond``); at training from ``data`` (``pixels``: a latent run's pixel dataset, which
+    image conditions are made from), at loading from the checkpoint's ``record``."""
     if cfg.get("task") == "controlnet":
         from .control import ControlCond
 
-        return ControlCond(cfg.get("control"), tuple(data_shape), record)
+        return ControlCond(cfg.get("control"), tuple(data_shape), record, pixels=pixels)
     if cfg.get("task") == "superres":
         from .superres import LowResCond
 
         sr = cfg.get("superres") or {}
-        return LowResCond(tuple(data_shape), record, factor=sr.get("factor", 2), noise=sr.get("noise", 0.0), blur=sr.get("blur", 0.0))
+        return LowResCond(tuple(pixels.shape if pixels is not None else data_shape), record, factor=sr.get("factor", 2),
+                          noise=sr.get("noise", 0.0), blur=sr.get("blur", 0.0), pixels=pixels)
     return build_cond(cfg.get("cond"), data, record)
 
 

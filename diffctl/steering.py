@@ -109,19 +109,20 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
     data, n = source.data, cfg.num_samples
     classes, g = cfg.get("classes"), cfg.guidance
     labels = classifier = inputs = superres = control = None
+    images = source.pixels if source.pixels is not None else data  # image conditions are of the pixels (a latent model's too)
     prompts = requested_prompts(cfg, source)
     spec = cfg.superres.image if cfg.get("superres") is not None else None
     if isinstance(source.cond, LowResCond):
         if classes is not None or g.classifier is not None:
             raise UsageError("a super-resolution model is steered by its low-resolution inputs (superres.image=), not classes=")
-        superres = superres_inputs(spec, source.cond, data)
+        superres = superres_inputs(spec, source.cond, images)
         inputs = superres[0][[i % len(superres[0]) for i in range(n)]]  # image i upsamples input i mod M
         log.info("super-resolution x%d of %d inputs (%s%s)", source.cond.factor, len(superres[0]), ", ".join(superres[2][:4]),
                  " ..." if len(superres[2]) > 4 else "")
     elif isinstance(source.cond, ControlCond):
         if classes is not None or g.classifier is not None:
             raise UsageError("a ControlNet is steered by its control images (control.image=) and control.scale, not classes=")
-        control = control_inputs(cfg.control.image, source.cond, data)
+        control = control_inputs(cfg.control.image, source.cond, images)
         inputs = control[0][[i % len(control[0]) for i in range(n)]]  # image i follows control i mod M
         source.net.scale = float(cfg.control.scale)
         log.info("ControlNet (%s) at control.scale=%g, %d controls (%s%s)", source.cond.kind, cfg.control.scale, len(control[0]),

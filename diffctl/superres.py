@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .prompting import Cond, dropped
+from .prompting import Cond, PixelTables, dropped
 
 FACTORS = (2, 4)
 
@@ -55,15 +55,19 @@ class LowResCond(Cond):
     name = "lowres"
     needs_labels = False
 
-    def __init__(self, data_shape, record: Optional[dict] = None, *, factor: int = 2, noise: float = 0.0, blur: float = 0.0):
+    def __init__(self, data_shape, record: Optional[dict] = None, *, factor: int = 2, noise: float = 0.0, blur: float = 0.0,
+                 pixels=None):
+        """``data_shape``: the images' (a latent model's pixels'; ``pixels``: that dataset, whose low-resolution copies a
+        latent run looks up by item index)."""
         if record:
-            factor = record["factor"]
+            factor, data_shape = record["factor"], record.get("shape", data_shape)
         c, h, w = data_shape
         self.factor, self.noise, self.blur, self.shape = int(factor), float(noise), float(blur), (c, h, w)
         self.null = torch.zeros(c, h // self.factor, w // self.factor)  # mid-grey: no image
+        self.lookup = PixelTables(pixels, lambda x: downsample(x, self.factor)) if pixels is not None else None
 
     def draw(self, x0, y, drop, g, index=None, train=True):
-        low = downsample(x0, self.factor)
+        low = downsample(x0, self.factor) if self.lookup is None else self.lookup(index, train)
         if drop:  # training draws (held-out batches draw with drop 0: no augmentation either)
             if self.blur:
                 blurred = gaussian_blur(low, self.blur)
@@ -81,10 +85,10 @@ class LowResCond(Cond):
         from .models import build_model
         from .models.context import ImageConditioned
 
-        return ImageConditioned(build_model(model_cfg, data_shape, classify, cond_channels=data_shape[0]), self.factor, self.null)
+        return ImageConditioned(build_model(model_cfg, data_shape, classify, cond_channels=self.shape[0]), self.null)
 
     def record(self):
-        return {"name": self.name, "factor": self.factor}
+        return {"name": self.name, "factor": self.factor, "shape": list(self.shape)}
 
 
 def superres_inputs(spec, cond: LowResCond, data) -> tuple[torch.Tensor, Optional[torch.Tensor], list]:

@@ -51,8 +51,9 @@ class DiffusionTask:
     """A denoiser: per item a noise level, noise and (class-conditional) a label, dropped to the null label at
     ``trainer.cond_drop_prob``; the loss is ``Denoiser.loss`` with the configured weighting."""
 
-    def __init__(self, cfg: DictConfig, data, device: torch.device):
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(self, cfg: DictConfig, data, device: torch.device, pixels=None):
+        """``pixels``: a latent run's dataset in pixels (``data`` is its latents), which image conditions are made from."""
+        self.cfg, self.data, self.device, self.pixels = cfg, data, device, pixels
         self.alpha_bar = schedule_alpha_bar(cfg.schedule)
         self.alpha_bar_dev = self.alpha_bar.to(device)
         self.objective = LOSSES.build(cfg.loss)
@@ -62,8 +63,13 @@ class DiffusionTask:
         self.decode = None  # latent diffusion: latents -> pixels, for the pictures
         self.title = f"model {cfg.model.arch}"
 
+    @property
+    def images(self):
+        """The dataset in pixels (a latent run's ``data`` is its latents)."""
+        return self.pixels if self.pixels is not None else self.data
+
     def condition(self):
-        return condition_of(self.cfg, self.data.shape, self.data) if self.cfg.task in ("diffusion", "superres") else None
+        return condition_of(self.cfg, self.data.shape, self.data, pixels=self.pixels) if self.cfg.task in ("diffusion", "superres") else None
 
     def build(self) -> torch.nn.Module:
         return build_network(self.cfg.model, self.data.shape, self.cond)
@@ -108,6 +114,13 @@ class DiffusionTask:
             return Conditioning(labels, torch.tensor(k))
         return Conditioning(labels, self.cond.null, inputs=self.cond.inputs(labels))
 
+    def grid_samples(self, net, cond: Conditioning) -> torch.Tensor:
+        """``trainer.num_grid`` samples of the (EMA) network ``net`` steered by ``cond``, in pixels (a latent run's decoded)."""
+        tc = self.cfg.trainer
+        samples = generate(self.wrap(net), self.alpha_bar, self.cfg.sampler, min(tc.sample_steps, len(self.alpha_bar)), tc.num_grid,
+                           self.data.shape, seed=self.cfg.seed, device=self.device, bounded=self.data.levels is not None, cond=cond).samples
+        return self.decode(samples) if self.decode is not None else samples
+
     def snapshot(self, net, step: int, folder: Path) -> tuple[Path, str, dict | None]:
         """(picture, its logger tag, a metrics record or None) of the (EMA) network ``net`` at ``step``."""
         path = sample_grid(self.wrap(net), self.alpha_bar, self.cfg, self.data, step, folder, self.device, self.decode, self.grid_conditioning())
@@ -117,7 +130,7 @@ class DiffusionTask:
 class ClassifierTask(DiffusionTask):
     """A noise-aware classifier of the dataset's classes (Dhariwal & Nichol 2021): cross-entropy at every noise level."""
 
-    def __init__(self, cfg, data, device):
+    def __init__(self, cfg, data, device, pixels=None):
         super().__init__(cfg, data, device)
         self.labels = True
 
@@ -150,7 +163,7 @@ class AutoencoderTask:
     labels = False
     cond = None
 
-    def __init__(self, cfg, data, device):
+    def __init__(self, cfg, data, device, pixels=None):
         self.cfg, self.data, self.device = cfg, data, device
         self.latent_shape = None  # known once built
 
@@ -213,8 +226,8 @@ class SuperresTask(DiffusionTask):
     def grid_conditioning(self):
         from .superres import downsample
 
-        n, m = self.cfg.trainer.num_grid, min(8, len(self.data.test))
-        real = self.data.test[torch.linspace(0, len(self.data.test) - 1, m).long()].float()
+        n, m, test = self.cfg.trainer.num_grid, min(8, len(self.images.test)), self.images.test
+        real = test[torch.linspace(0, len(test) - 1, m).long()].float()
         lows = downsample(real, self.cond.factor)
         return Conditioning(None, self.cond.null, inputs=lows[[i % m for i in range(n)]], superres=(lows, real, None))
 
@@ -222,8 +235,7 @@ class SuperresTask(DiffusionTask):
         from .superres import save_superres_grid
 
         cond = self.grid_conditioning()
-        samples = generate(self.wrap(net), self.alpha_bar, self.cfg.sampler, min(self.cfg.trainer.sample_steps, len(self.alpha_bar)),
-                           self.cfg.trainer.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device, bounded=True, cond=cond).samples
+        samples = self.grid_samples(net, cond)
         folder.mkdir(exist_ok=True)
         lows, real, _ = cond.superres
         return save_superres_grid(lows, real, samples, self.cond.factor, folder / f"superres_{step:08d}.png"), "superres", None
@@ -233,24 +245,24 @@ class ControlNetTask(DiffusionTask):
     """A ControlNet on a frozen diffusion run (``base=``, ``control=``): the run takes the base's model, schedule and loss,
     and trains only the ControlNet branch; its snapshots draw control | samples rows of test images."""
 
-    def __init__(self, cfg, data, device):
+    def __init__(self, cfg, data, device, pixels=None):
         from .control import load_base
 
-        self.base_path, base = load_base(cfg, data)
+        self.base_path, base = load_base(cfg, data, pixels)
         cfg.model, cfg.schedule, cfg.loss = base.cfg.model, base.cfg.schedule, base.cfg.get("loss", cfg.loss)  # the base's denoiser
         log.info("ControlNet (control=%s) on the frozen base %s (step %d)", cfg.control, self.base_path, base.step)
-        super().__init__(cfg, data, device)
+        super().__init__(cfg, data, device, pixels)
 
     def condition(self):
         from .control import ControlCond
 
-        return ControlCond(self.cfg.control, self.data.shape, base=str(self.base_path))
+        return ControlCond(self.cfg.control, self.images.shape, base=str(self.base_path), pixels=self.pixels)
 
     def grid_conditioning(self):
         from .control import extract
 
-        n, m = self.cfg.trainer.num_grid, min(8, len(self.data.test))
-        real = self.data.test[torch.linspace(0, len(self.data.test) - 1, m).long()].float()
+        n, m, test = self.cfg.trainer.num_grid, min(8, len(self.images.test)), self.images.test
+        real = test[torch.linspace(0, len(test) - 1, m).long()].float()
         controls = extract(self.cond.kind, real)
         return Conditioning(None, self.cond.null, inputs=controls[[i % m for i in range(n)]], control=(controls, real, None))
 
@@ -258,8 +270,7 @@ class ControlNetTask(DiffusionTask):
         from .control import save_control_grid
 
         cond = self.grid_conditioning()
-        samples = generate(self.wrap(net), self.alpha_bar, self.cfg.sampler, min(self.cfg.trainer.sample_steps, len(self.alpha_bar)),
-                           self.cfg.trainer.num_grid, self.data.shape, seed=self.cfg.seed, device=self.device, bounded=True, cond=cond).samples
+        samples = self.grid_samples(net, cond)
         folder.mkdir(exist_ok=True)
         controls, real, _ = cond.control
         return save_control_grid(controls, real, samples, folder / f"control_{step:08d}.png"), "control", None

@@ -50,15 +50,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
         self.data = load_dataset(cfg.dataset)
-        self.latent = None  # latent diffusion: the autoencoder's space the data is seen through
+        self.latent = pixels = None  # latent diffusion: the autoencoder's space the data is seen through, and the data in pixels
+        if cfg.task == "controlnet":
+            from .control import base_autoencoder
+
+            if cfg.latent.autoencoder:
+                raise UsageError("task=controlnet works in its base run's space (its latent space, for a latent base): drop latent.autoencoder")
+            cfg.latent.autoencoder = base_autoencoder(cfg)
         if cfg.latent.autoencoder:
-            if cfg.task != "diffusion":
+            if cfg.task not in ("diffusion", "superres", "controlnet"):
                 raise UsageError(f"latent.autoencoder trains a diffusion model in an autoencoder's latent space; task={cfg.task} does not use it")
             self.latent = latent_space(cfg.latent.autoencoder, Path(cfg.paths.output_root), self.device, self.data)
-            self.data = latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=True)
+            pixels, self.data = self.data, latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=True)
         self.train_x = self.data.train.to(self.device)
-        check_training(cfg, self.data, self.device, self.precision, self.dist.world)
-        self.task = TASKS[cfg.task](cfg, self.data, self.device)  # what is learnt: network, per-item draws, loss, pictures
+        check_training(cfg, self.data, self.device, self.precision, self.dist.world, pixels)
+        # what is learnt: network, per-item draws, loss, pictures
+        self.task = TASKS[cfg.task](cfg, self.data, self.device, pixels=pixels)
         if self.latent is not None:
             self.task.decode = self.latent.decode  # its pictures in pixels
         self.train_y = self.data.train_labels.to(self.device) if self.task.labels else None

@@ -136,7 +136,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ValueError(f"device={device!r} is not allowed; choose from: auto, cpu, cuda, cuda:N, mps")
 
 
-def check_training(cfg: DictConfig, data, device, precision: str, world: int) -> None:
+def check_training(cfg: DictConfig, data, device, precision: str, world: int, pixels=None) -> None:
     """What a training run needs of its dataset, device and processes (raises UsageError): labels for a
     classifier or a class-conditional model, in the model's number of classes; fp16 only on CUDA; a global
     batch that the torchrun processes share evenly."""
@@ -159,11 +159,11 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int) ->
         raise UsageError(f"model.num_classes={cfg.model.num_classes}, but dataset={data.name} has {have}; "
                          f"use model.num_classes={data.num_classes if data.train_labels is not None else 0}")
     if cfg.task == "superres":
-        f = cfg.superres.factor
-        if len(data.shape) != 3:
-            raise UsageError(f"task=superres upsamples images; dataset={data.name} has items of shape {list(data.shape)}")
-        if data.shape[1] % f or data.shape[2] % f:
-            raise UsageError(f"superres.factor={f} does not divide the images' {data.shape[1]}x{data.shape[2]}")
+        f, images = cfg.superres.factor, pixels if pixels is not None else data  # a latent run: the low-resolution image is of the pixels
+        if len(images.shape) != 3:
+            raise UsageError(f"task=superres upsamples images; dataset={images.name} has items of shape {list(images.shape)}")
+        if images.shape[1] % f or images.shape[2] % f:
+            raise UsageError(f"superres.factor={f} does not divide the images' {images.shape[1]}x{images.shape[2]}")
         if cfg.model.arch != "unet" or cfg.model.num_classes:
             raise UsageError("task=superres concatenates the low-resolution image to a unet's input: use model.arch=unet, without model.num_classes")
     cond = cfg.get("cond")

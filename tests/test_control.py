@@ -101,3 +101,30 @@ def test_cli_controlnet_keeps_its_base_and_scale_zero_is_the_base_model(diffctl,
     assert_one_line_error(cli("train", "task=controlnet", f"base={base}", "dataset=digits_gmm", *FAST), "train",
                           "was trained on dataset=digits [1, 8, 8]; this run's dataset=digits_gmm")
     assert_one_line_error(cli("train", "task=controlnet", f"base={run}", *FAST), "train", "a ControlNet here controls an unconditional")
+
+
+@pytest.mark.slow
+def test_superres_and_controlnet_work_on_a_latent_model_with_conditions_made_from_the_pixels(diffctl, cli):
+    ae = ["task=autoencoder", "autoencoder.downsample=2", "trainer.steps=20", "trainer.batch_size=32", "trainer.sample_every=0",
+          "trainer.log_every=20", "trainer.eval_every=0", "optim.warmup_steps=5"]
+    diffctl("train", *ae)
+    latent = ["latent.autoencoder=latest", "model.prediction=v", *FAST]
+    sr = run_folder(diffctl("train", "task=superres", *latent))
+    state = load_checkpoint(list_checkpoints(sr / "checkpoints")[-1])
+    assert state["data_shape"] == [4, 4, 4] and state["cond"]["shape"] == [1, 8, 8]  # latents, conditioned on 4x4 pixel images
+    out = run_folder(diffctl("sample", f"ckpt={sr}", "superres.image=[0,1]", "num_samples=4", "steps=2"))
+    record = json.loads((out / "sample.json").read_text())
+    assert np.load(out / "samples.npz")["images"].shape == (4, 8, 8, 1) and "psnr" in record["superres"]  # decoded, scored in pixels
+    base = run_folder(diffctl("train", *latent))
+    cn = run_folder(diffctl("train", "task=controlnet", f"base={base}", *FAST))  # the base's latent space, found by itself
+    state = load_checkpoint(list_checkpoints(cn / "checkpoints")[-1])
+    assert state["data_shape"] == [4, 4, 4] and state["cond"]["shape"] == [1, 8, 8] and "latent" in state
+    hint_convs = [k for k in state["model"] if k.startswith("hint.") and k.endswith(".weight")]
+    assert len(hint_convs) == 4  # one more than a pixel ControlNet's: a stride-2 convolution halves the 8x8 edge map to the 4x4 latents
+    args = ["num_samples=4", "steps=2", "control.image=[0,3]"]
+    zero = run_folder(diffctl("sample", f"ckpt={cn}", "control.scale=0", *args))
+    plain = run_folder(diffctl("sample", f"ckpt={base}", "num_samples=4", "steps=2"))
+    assert np.array_equal(np.load(zero / "samples.npz")["images"], np.load(plain / "samples.npz")["images"])
+    assert "fidelity" in json.loads((run_folder(diffctl("sample", f"ckpt={cn}", *args)) / "sample.json").read_text())["control"]
+    assert_one_line_error(cli("train", "task=controlnet", f"base={base}", "latent.autoencoder=latest", *FAST), "train",
+                          "task=controlnet works in its base run's space")

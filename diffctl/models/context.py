@@ -106,16 +106,17 @@ class Conditioned(nn.Module):
 
 
 class ImageConditioned(nn.Module):
-    """``net(cat[x, upsampled y], t)``: ``y`` a low-resolution image ``[N, C, H/f, W/f]``, upsampled (bicubic) by
-    ``factor`` and concatenated to x's channels (SR3); ``y=None`` is the null image ``null``."""
+    """``net(cat[x, resized y], t)``: ``y`` a low-resolution image, resized (bicubic) to x's height and width and
+    concatenated to x's channels (SR3; for a latent model, to the latents' size, as latent diffusion's super-resolution
+    does); ``y=None`` is the null image ``null``."""
 
-    def __init__(self, net: nn.Module, factor: int, null: torch.Tensor):
+    def __init__(self, net: nn.Module, null: torch.Tensor):
         super().__init__()
-        self.net, self.factor = net, factor
+        self.net = net
         self.register_buffer("null", null, persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is None:
             y = self.null.expand(len(x), *self.null.shape)
-        up = F.interpolate(y.to(x.dtype), scale_factor=self.factor, mode="bicubic", align_corners=False)
+        up = F.interpolate(y.to(x.dtype), size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False)
         return self.net(torch.cat([x, up], dim=1), t)

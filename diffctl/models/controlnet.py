@@ -26,7 +26,9 @@ class ControlledUNet(nn.Module):
     """``forward(x, t, y)``: the frozen ``base`` UNet steered by the control image ``y`` ``[N, control_channels, H, W]``
     (``y=None``: the null control, zeros)."""
 
-    def __init__(self, base: UNet, control_channels: int, null: torch.Tensor):
+    def __init__(self, base: UNet, control_channels: int, null: torch.Tensor, downsample: int = 1):
+        """``downsample``: how much smaller the base's input is than the control (a latent model's autoencoder factor): the
+        hint network halves the control's resolution that many times over (Stable Diffusion's ControlNet: 512 -> 64)."""
         super().__init__()
         if not isinstance(base, UNet) or base.head is not None:
             raise ValueError("a ControlNet controls a diffctl unet (model.arch=unet)")
@@ -38,7 +40,9 @@ class ControlledUNet(nn.Module):
         hint = nn.Conv2d(width, width, 3, padding=1)
         nn.init.zeros_(hint.weight)
         nn.init.zeros_(hint.bias)
-        self.hint = nn.Sequential(nn.Conv2d(control_channels, width // 2, 3, padding=1), nn.SiLU(),
+        halve = [m for _ in range(max(downsample, 1).bit_length() - 1)
+                 for m in (nn.Conv2d(width // 2, width // 2, 3, stride=2, padding=1), nn.SiLU())]
+        self.hint = nn.Sequential(nn.Conv2d(control_channels, width // 2, 3, padding=1), nn.SiLU(), *halve,
                                   nn.Conv2d(width // 2, width, 3, padding=1), nn.SiLU(), hint)
         self.zero = nn.ModuleList([zero_conv(c) for c in [*base.skip_channels, base.mid_channels]])
         self.register_buffer("null", null, persistent=False)
