@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -56,15 +57,21 @@ class ControlCond(Cond):
     name = "control"
     needs_labels = False
 
-    def __init__(self, kind: str, data_shape, record: Optional[dict] = None, base: Optional[str] = None, pixels=None):
+    def __init__(self, kind: str, data_shape, record: Optional[dict] = None, base: Optional[str] = None, pixels=None, own=None):
         """``data_shape``: the images' (a latent model's pixels'; ``pixels``: that dataset, whose controls a latent run looks
-        up by item index)."""
+        up by item index); ``own``: a dataset that brings its own control images (``dataset.controls``), looked up likewise."""
         self.kind = record["kind"] if record else kind
         self.base = record["base"] if record else base  # the base run's checkpoint file (loaded at training only)
         self.base_sha256 = record.get("base_sha256") if record else None
         c, h, w = self.shape = tuple(record.get("shape", data_shape) if record else data_shape)
         self.null = torch.zeros(control_channels(self.kind, self.shape), h, w)
         self.lookup = PixelTables(pixels, lambda x: extract(self.kind, x)) if pixels is not None else None
+        if own is not None and own.train_controls is not None:
+            self.lookup = PixelTables(SimpleNamespace(train=own.train_controls, test=own.test_controls), self.adapt)
+
+    def adapt(self, controls: torch.Tensor) -> torch.Tensor:
+        """A dataset's own control images (in [-1, 1]) as this kind of control: 0/1 maps (white = 1) for edges and masks."""
+        return controls.float() if self.kind == "lowres" else (controls.float().mean(1, keepdim=True) > 0).float()
 
     def draw(self, x0, y, drop, g, index=None, train=True):
         control = extract(self.kind, x0) if self.lookup is None else self.lookup(index, train)
@@ -134,6 +141,9 @@ def control_inputs(spec, cond: ControlCond, data) -> tuple[torch.Tensor, Optiona
 
     chosen = test_images(spec, data, "control.image")
     if chosen is not None:
+        if data.test_controls is not None:  # the dataset's own controls of those test images
+            index = [int(n.split()[1]) for n in chosen[1]]
+            return cond.adapt(data.test_controls[index]), *chosen
         return extract(cond.kind, chosen[0]), *chosen
     path = Path(str(spec)).expanduser()
     if not path.is_file():

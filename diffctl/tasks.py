@@ -256,14 +256,16 @@ class ControlNetTask(DiffusionTask):
     def condition(self):
         from .control import ControlCond
 
-        return ControlCond(self.cfg.control, self.images.shape, base=str(self.base_path), pixels=self.pixels)
+        return ControlCond(self.cfg.control, self.images.shape, base=str(self.base_path), pixels=self.pixels, own=self.images)
 
     def grid_conditioning(self):
         from .control import extract
 
         n, m, test = self.cfg.trainer.num_grid, min(8, len(self.images.test)), self.images.test
-        real = test[torch.linspace(0, len(test) - 1, m).long()].float()
-        controls = extract(self.cond.kind, real)
+        index = torch.linspace(0, len(test) - 1, m).long()
+        real = test[index].float()
+        own = self.images.test_controls
+        controls = extract(self.cond.kind, real) if own is None else self.cond.adapt(own[index])
         return Conditioning(None, self.cond.null, inputs=controls[[i % m for i in range(n)]], control=(controls, real, None))
 
     def snapshot(self, net, step, folder):

@@ -128,3 +128,38 @@ def test_superres_and_controlnet_work_on_a_latent_model_with_conditions_made_fro
     assert "fidelity" in json.loads((run_folder(diffctl("sample", f"ckpt={cn}", *args)) / "sample.json").read_text())["control"]
     assert_one_line_error(cli("train", "task=controlnet", f"base={base}", "latent.autoencoder=latest", *FAST), "train",
                           "task=controlnet works in its base run's space")
+
+
+def test_a_folder_brings_its_own_controls(diffctl, cli, tmp_path):
+    from PIL import Image
+
+    root, ctrl = tmp_path / "imgs", tmp_path / "controls"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (ctrl / c).mkdir(parents=True)
+        for i in range(10):
+            img = np.zeros((8, 8), np.uint8)
+            img[:, i % 8] = 255
+            Image.fromarray(img).save(root / c / f"{i}.png")
+            mark = np.zeros((8, 8), np.uint8)
+            mark[i % 8, :] = 255  # a control unrelated to the image: a row, where the image has a column
+            Image.fromarray(mark).save(ctrl / c / f"{i}.png")
+    data = ["dataset=folder", f"dataset.root={root}", "dataset.image_size=8", "dataset.grayscale=true"]
+    base = run_folder(diffctl("train", *data, *FAST))
+    cn = run_folder(diffctl("train", "task=controlnet", f"base={base}", "control=mask", *data, f"dataset.controls={ctrl}", *FAST))
+    out = run_folder(diffctl("sample", f"ckpt={cn}", "control.image=[1]", "num_samples=2", "steps=2"))  # the run's dataset, controls included
+    assert (out / "control.png").exists()
+    from diffctl.config import load_option
+    from diffctl.control import ControlCond
+    from diffctl.data import load_dataset
+
+    cfg = load_option("dataset", "folder")
+    cfg.root, cfg.image_size, cfg.grayscale, cfg.controls = str(root), 8, True, str(ctrl)
+    folder = load_dataset(cfg)
+    cond = ControlCond("mask", folder.shape, base="b.pt", own=folder)
+    got = cond.draw(folder.train[:3], None, 0.0, torch.Generator(), index=torch.tensor([0, 1, 2]))
+    assert torch.equal(got, (folder.train_controls[:3] > 0).float())  # the folder's rows, not masks made from the images' columns
+    (ctrl / "b" / "9.png").unlink()
+    assert_one_line_error(cli("train", "task=controlnet", f"base={base}", *data, f"dataset.controls={ctrl}", *FAST), "train",
+                          "1 of the images have no control image at the same relative path")
+    assert_one_line_error(cli("train", "dataset=mnist5k", "dataset.controls=x", *FAST), "train", "dataset.controls is for dataset=folder")

@@ -31,6 +31,8 @@ class Dataset:
     hflip: bool = False  # the trainer flips training images horizontally at random (augmentation)
     train_captions: Optional[list] = None  # a caption per image (dataset=folder dataset.captions=<metadata.jsonl>), for cond=text|clip
     test_captions: Optional[list] = None
+    train_controls: Optional[torch.Tensor] = None  # a control image per image (dataset=folder dataset.controls=<folder>), for task=controlnet
+    test_controls: Optional[torch.Tensor] = None
 
     @property
     def shape(self) -> tuple:
@@ -51,6 +53,8 @@ class Dataset:
             h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
         if self.train_captions is not None:
             h.update(repr((self.train_captions, self.test_captions)).encode())
+        if self.train_controls is not None:
+            h.update(self.train_controls.numpy().tobytes() + self.test_controls.numpy().tobytes())
         return h.hexdigest()
 
 

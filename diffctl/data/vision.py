@@ -265,18 +265,23 @@ def read_captions(path: str, root: Path, images: dict) -> dict:
 
 
 def load(name: str, *, root: str = "data", download: bool = False, image_size: Optional[int] = None, crop: Optional[int] = None,
-         hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False, captions: Optional[str] = None) -> dict:
+         hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False, captions: Optional[str] = None,
+         controls: Optional[str] = None) -> dict:
     """Images in torchvision's layout under ``root`` (env DIFFCTL_DATA; for folder: ``<root>/<class>/<images>``).
 
     download: fetch with torchvision's downloader (needs a network; offline, missing files are an error
     naming them); image_size: resize the shorter side and centre-crop to it (None: as stored); crop:
     centre crop (px) before resizing (CelebA: 140); hflip: random horizontal flips while training;
     limit: only the first N images of each split; grayscale: folder images read as 1 channel; captions (folder): a
-    metadata.jsonl (path, or relative to root) with a caption for every image, for cond=text|clip.
+    metadata.jsonl (path, or relative to root) with a caption for every image, for cond=text|clip; controls (folder): a
+    folder laid out as root, each image's control image at the same relative path, for task=controlnet.
     """
     cfg = SimpleNamespace(**{k: v for k, v in locals().items()}, paths={})  # what the readers below look up
-    if captions is not None and name != "folder":
-        raise UsageError(f"dataset.captions is for dataset=folder (a metadata.jsonl beside the images); dataset={name} captions its labels with cond=text")
+    for key, value in (("captions", captions), ("controls", controls)):
+        if value is not None and name != "folder":
+            raise UsageError(f"dataset.{key} is for dataset=folder; dataset={name} makes its own ({'cond=text captions its labels' if key == 'captions' else 'control=edges|lowres|mask'})")
+    if controls is not None and hflip:
+        raise UsageError("dataset.hflip with dataset.controls: the controls would not be flipped with their images; drop one")
     if cfg.download:
         _download(cfg)
     out = {}
@@ -289,4 +294,14 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
     if captions is not None:
         text = read_captions(captions, Path(cfg.root), cfg.paths)
         out.update({f"{split}_captions": text[split][: cfg.limit or None] for split in text})
+    if controls is not None:
+        folder = Path(controls).expanduser()
+        for split, paths in cfg.paths.items():
+            wanted = [folder / p.relative_to(Path(cfg.root)) for p in paths][: cfg.limit or None]
+            missing = [str(p) for p in wanted if not p.is_file()]
+            if missing:
+                raise UsageError(f"dataset.controls={controls}: {len(missing)} of the images have no control image at the same relative path "
+                                 f"(first: {missing[0]})")
+            x = _read_images(wanted, cfg, 1 if cfg.grayscale else 3)
+            out[f"{split}_controls"] = torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
     return dict(**out, levels=LEVELS, num_classes=classes, hflip=cfg.hflip)
