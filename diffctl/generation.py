@@ -159,8 +159,8 @@ class Generated:
 
     @property
     def guidance(self) -> Optional[dict]:
-        """``Conditioning.guidance()`` of class- or prompt-steered generation, else None."""
-        return self.conditioning.guidance() if self.labels is not None or self.prompts is not None else None
+        """``Conditioning.guidance()`` of generation steered by classes, prompts or images, else None."""
+        return self.conditioning.guidance() if self.conditioning is not None and self.conditioning.condition is not None else None
 
     def record(self) -> dict:
         """The fields that sample.json records: sampler, steps, spacing, clip, nfe, classifier_nfe, timesteps,

@@ -125,7 +125,8 @@ def test_superres_and_controlnet_work_on_a_latent_model_with_conditions_made_fro
     zero = run_folder(diffctl("sample", f"ckpt={cn}", "control.scale=0", *args))
     plain = run_folder(diffctl("sample", f"ckpt={base}", "num_samples=4", "steps=2"))
     assert np.array_equal(np.load(zero / "samples.npz")["images"], np.load(plain / "samples.npz")["images"])
-    assert "fidelity" in json.loads((run_folder(diffctl("sample", f"ckpt={cn}", *args)) / "sample.json").read_text())["control"]
+    guided = json.loads((run_folder(diffctl("sample", f"ckpt={cn}", "guidance.scale=2", *args)) / "sample.json").read_text())
+    assert "fidelity" in guided["control"] and guided["nfe"] == 4 and guided["guidance"]["scale"] == 2.0  # guided against the blank control
     assert_one_line_error(cli("train", "task=controlnet", f"base={base}", "latent.autoencoder=latest", *FAST), "train",
                           "task=controlnet works in its base run's space")
 
