@@ -36,7 +36,7 @@ COMMANDS = {
 def _runner(command: str) -> Callable:
     """The function that does a command's work: (cfg, run_dir) -> summary dict."""
     if command == "train":
-        from .train import run_train as fn
+        from .trainer import run_train as fn
     elif command == "sample":
         from .sample import run_sample as fn
     elif command == "eval":

@@ -22,7 +22,7 @@ With ``--peer diffusers`` (pip install 'diffctl[diffusers]'), in the same proces
                         and one GroupNorm group count for the whole net, where diffctl has ``heads`` heads at every
                         width and the groups of each width), empty when the layouts are the same
 With ``--trainer``:
-  trainer img/s         ``diffctl.train.Trainer.train_step()``, the step ``diffctl train`` runs (batch drawn from
+  trainer img/s         ``diffctl.trainer.Trainer.train_step()``, the step ``diffctl train`` runs (batch drawn from
                         the dataset, EMA update, LR schedule, non-finite checks), on the composed train config with
                         the same model, batch, precision, device, compile and channels_last, no logging, checkpoints,
                         samples or held-out loss in the timed steps; data: digits for 1x8x8, else a folder of random
@@ -197,7 +197,7 @@ def trainer_dataset(shape: tuple, folder: Path) -> list:
 
 
 def build_trainer(args, shape: tuple, precision: str, device: torch.device, calls: int, work: Path):
-    """A ``diffctl.train.Trainer`` on the composed train config (as ``diffctl train`` composes it) with the bench's
+    """A ``diffctl.trainer.Trainer`` on the composed train config (as ``diffctl train`` composes it) with the bench's
     model, batch, precision, device, compile and channels_last, and every cadence off (logs, held-out loss,
     checkpoints, sample grids): ``train_step()`` runs nothing else."""
     from hydra import compose, initialize_config_module
@@ -205,7 +205,7 @@ def build_trainer(args, shape: tuple, precision: str, device: torch.device, call
 
     from diffctl.config import register_schemas
     from diffctl.errors import UsageError
-    from diffctl.train import Trainer
+    from diffctl.trainer import Trainer
 
     overrides = [f"model={args.model}", *trainer_dataset(shape, work / "data"), f"device={device}", f"trainer.batch_size={args.batch}",
                  f"trainer.precision={precision}", f"trainer.compile={args.compile or 'false'}",

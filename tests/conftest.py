@@ -40,7 +40,7 @@ def make_trainer(run_dir, *overrides):
     from hydra.core.global_hydra import GlobalHydra
 
     from diffctl.config import register_schemas
-    from diffctl.train import Trainer
+    from diffctl.trainer import Trainer
 
     GlobalHydra.instance().clear()
     register_schemas()

@@ -51,3 +51,18 @@ def test_api_errors_are_the_clis_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="failed \\(exit 2\\)"):
         api.train(["model=unet_huge"])
     assert api.schedules.get("linear", 10).shape == (10,) and "cosine" in api.schedules.names()
+
+
+def test_diffctl_train_can_be_called_again_in_the_same_process(tmp_path, monkeypatch):
+    """The training module once shared the API function's name: importing it (as the first call does) replaced
+    ``diffctl.train`` by the module, and a second call in a notebook failed with "'module' object is not callable"."""
+    import diffctl
+
+    monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    args = ["model=unet_tiny", "trainer.steps=2", "trainer.batch_size=8", "trainer.sample_every=0", "trainer.log_every=1",
+            "trainer.eval_every=0", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = diffctl.train(args)
+    import diffctl.trainer  # noqa: F401  (what the CLI imports to train)
+
+    second = diffctl.train([*args, "seed=1"])
+    assert first != second and (second / "checkpoints").is_dir()

@@ -161,7 +161,7 @@ def test_a_failed_write_replaces_nothing(tmp_path, monkeypatch):
 
 
 def test_old_checkpoints_are_pruned_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
-    import diffctl.train as train
+    import diffctl.trainer as train
 
     trainer = _trainer(tmp_path, "trainer.steps=8", "trainer.ckpt_every=2", "trainer.keep_last=1", "trainer.precision=fp32")
     real = train.save_checkpoint
