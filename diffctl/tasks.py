@@ -7,6 +7,8 @@ loss of a batch, the picture a snapshot draws, and the zero-output reference of 
     diffusion    a denoiser D(x, sigma) behind the preconditioning (sample grids)
     classifier   a noise-aware classifier of the dataset's classes, for classifier guidance (accuracy by noise level)
     autoencoder  a KL autoencoder of the images, the space latent diffusion works in (reconstructions, PSNR)
+    superres     a denoiser that also reads the image's low-resolution copy (SR3; low-res | bicubic | samples | real)
+    controlnet   a ControlNet on a frozen diffusion run, reading a control made from each image (control | samples | real)
 """
 
 from __future__ import annotations
