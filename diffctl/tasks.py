@@ -221,31 +221,58 @@ class AutoencoderTask:
         return path, "reconstructions", record
 
 
-class SuperresTask(DiffusionTask):
-    """Super-resolution (SR3): a denoiser that also reads the area-downsampled image (``superres.*``); its snapshots draw
-    low-res | bicubic | samples | real rows of test images."""
+class ImageConditionedTask(DiffusionTask):
+    """A denoiser steered by an image made from each image (super-resolution's low-res copy, a ControlNet's control);
+    its snapshots draw condition | samples | real rows of eight test images.  ``tag`` names the picture and the
+    ``Conditioning`` field that carries (condition images, real images, names)."""
+
+    tag = ""
+
+    def condition_images(self, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The conditions of the test images ``real`` (test indices ``index``)."""
+        raise NotImplementedError
+
+    def save_picture(self, images: torch.Tensor, real: torch.Tensor, samples: torch.Tensor, path: Path) -> Path:
+        raise NotImplementedError
 
     def grid_conditioning(self):
-        from .superres import downsample
-
-        n, m, test = self.cfg.trainer.num_grid, min(8, len(self.images.test)), self.images.test
-        real = test[torch.linspace(0, len(test) - 1, m).long()].float()
-        lows = downsample(real, self.cond.factor)
-        return Conditioning(None, self.cond.null, inputs=lows[[i % m for i in range(n)]], superres=(lows, real, None))
+        n, test = self.cfg.trainer.num_grid, self.images.test
+        m = min(8, len(test))
+        index = torch.linspace(0, len(test) - 1, m).long()
+        real = test[index].float()
+        images = self.condition_images(real, index)
+        return Conditioning(None, self.cond.null, inputs=images[[i % m for i in range(n)]], **{self.tag: (images, real, None)})
 
     def snapshot(self, net, step, folder):
-        from .superres import save_superres_grid
-
         cond = self.grid_conditioning()
         samples = self.grid_samples(net, cond)
         folder.mkdir(exist_ok=True)
-        lows, real, _ = cond.superres
-        return save_superres_grid(lows, real, samples, self.cond.factor, folder / f"superres_{step:08d}.png"), "superres", None
+        images, real, _ = getattr(cond, self.tag)
+        return self.save_picture(images, real, samples, folder / f"{self.tag}_{step:08d}.png"), self.tag, None
 
 
-class ControlNetTask(DiffusionTask):
+class SuperresTask(ImageConditionedTask):
+    """Super-resolution (SR3): a denoiser that also reads the area-downsampled image (``superres.*``); its snapshots draw
+    low-res | bicubic | samples | real rows of test images."""
+
+    tag = "superres"
+
+    def condition_images(self, real, index):
+        from .superres import downsample
+
+        return downsample(real, self.cond.factor)
+
+    def save_picture(self, images, real, samples, path):
+        from .superres import save_superres_grid
+
+        return save_superres_grid(images, real, samples, self.cond.factor, path)
+
+
+class ControlNetTask(ImageConditionedTask):
     """A ControlNet on a frozen diffusion run (``base=``, ``control=``): the run takes the base's model, schedule and loss,
-    and trains only the ControlNet branch; its snapshots draw control | samples rows of test images."""
+    and trains only the ControlNet branch; its snapshots draw control | samples | real rows of test images."""
+
+    tag = "control"
 
     def __init__(self, cfg, data, device, pixels=None):
         from .control import load_base
@@ -260,24 +287,16 @@ class ControlNetTask(DiffusionTask):
 
         return ControlCond(self.cfg.control, self.images.shape, base=str(self.base_path), pixels=self.pixels, own=self.images)
 
-    def grid_conditioning(self):
+    def condition_images(self, real, index):
         from .control import extract
 
-        n, m, test = self.cfg.trainer.num_grid, min(8, len(self.images.test)), self.images.test
-        index = torch.linspace(0, len(test) - 1, m).long()
-        real = test[index].float()
-        own = self.images.test_controls
-        controls = extract(self.cond.kind, real) if own is None else self.cond.adapt(own[index])
-        return Conditioning(None, self.cond.null, inputs=controls[[i % m for i in range(n)]], control=(controls, real, None))
+        own = self.images.test_controls  # a folder's own controls, or controls made from the images
+        return extract(self.cond.kind, real) if own is None else self.cond.adapt(own[index])
 
-    def snapshot(self, net, step, folder):
+    def save_picture(self, images, real, samples, path):
         from .control import save_control_grid
 
-        cond = self.grid_conditioning()
-        samples = self.grid_samples(net, cond)
-        folder.mkdir(exist_ok=True)
-        controls, real, _ = cond.control
-        return save_control_grid(controls, real, samples, folder / f"control_{step:08d}.png"), "control", None
+        return save_control_grid(images, real, samples, path)
 
 
 TASKS.register("diffusion")(DiffusionTask)

@@ -179,7 +179,9 @@ def check_training(cfg: DictConfig, data, device, precision: str, world: int, pi
             raise UsageError(f"cond={cond.name} needs a labelled dataset (captions are templated from the labels)"
                              + ("" if cond.name == "class" else " or captions (dataset=folder dataset.captions=<metadata.jsonl>)")
                              + f"; dataset={data.name} has neither")
-        width = cfg.model.get("context_dim") or 128
+        from .prompting import DEFAULT_CONTEXT_DIM
+
+        width = cfg.model.get("context_dim") or DEFAULT_CONTEXT_DIM
         if cond.name == "text" and width % cond.heads:
             raise UsageError(f"cond.heads={cond.heads} must divide the text encoder's width model.context_dim={width}")
     if precision == "fp16" and device.type != "cuda":

@@ -77,6 +77,7 @@ def test_cli_controlnet_keeps_its_base_and_scale_zero_is_the_base_model(diffctl,
     run = run_folder(diffctl("train", "task=controlnet", f"base={base}", "control=mask", *FAST))
     state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert state["cond"]["kind"] == "mask" and state["cond"]["base"] == str(ckpt)
+    assert list((run / "samples").glob("control_*.png"))  # the final snapshot: control | samples | real
     base_ema = load_checkpoint(ckpt)["ema"]
     for key in ("model", "ema"):
         assert all(torch.equal(state[key]["base." + k], v) for k, v in base_ema.items())  # frozen through training

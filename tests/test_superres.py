@@ -64,7 +64,7 @@ def test_cli_trains_samples_and_evaluates_a_superres_model(diffctl, cli, tmp_pat
     from PIL import Image
 
     run = run_folder(diffctl("train", *FAST))
-    assert (run / "samples").glob("superres_*.png")
+    assert list((run / "samples").glob("superres_*.png"))  # the final snapshot: low-res | bicubic | samples | real
     out = run_folder(diffctl("sample", "superres.image=[3,5]", "num_samples=4", "steps=2"))
     record = json.loads((out / "sample.json").read_text())
     assert record["superres"]["inputs"] == ["test 3", "test 5"] and (out / "superres.png").exists()
