@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import load_dataset
+from .data.order import EpochOrder
+from .data.stream import StepBatches, loader, next_batch
 from .errors import Interrupted, UsageError
 from .health import LossWatch, StepTally, Window, limit_cause, non_finite_message
 from .io.checkpoint import RESUMABLE, checkpoint_name, list_checkpoints, load_checkpoint, prune_checkpoints, require, save_checkpoint
@@ -23,11 +24,11 @@ from .latent import latent_dataset, latent_space
 from .loggers import Loggers
 from .models import count_parameters
 from .optim import EMA, lr_lambda
-from .progress import progress_bar
+from .progress import BAR_LINE, progress_bar
 from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state, step_seed
 from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision
 from .tasks import TASKS
-from .validation import check_training
+from .validation import check_streaming, check_training
 
 log = logging.getLogger("diffctl.train")
 
@@ -49,7 +50,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
-        self.data = load_dataset(cfg.dataset)
+        self.data = load_dataset(cfg.dataset, stream=True)
         self.latent = pixels = None  # latent diffusion: the autoencoder's space the data is seen through, and the data in pixels
         if cfg.task == "controlnet":
             from .control import base_autoencoder
@@ -57,18 +58,22 @@ class Trainer:
             if cfg.latent.autoencoder:
                 raise UsageError("task=controlnet works in its base run's space (its latent space, for a latent base): drop latent.autoencoder")
             cfg.latent.autoencoder = base_autoencoder(cfg)
+        check_streaming(cfg, self.data)
         if cfg.latent.autoencoder:
             if cfg.task not in ("diffusion", "superres", "controlnet"):
                 raise UsageError(f"latent.autoencoder trains a diffusion model in an autoencoder's latent space; task={cfg.task} does not use it")
             self.latent = latent_space(cfg.latent.autoencoder, Path(cfg.paths.output_root), self.device, self.data)
             pixels, self.data = self.data, latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=True)
-        self.train_x = self.data.train.to(self.device)
         check_training(cfg, self.data, self.device, self.precision, self.dist.world, pixels)
         # what is learnt: network, per-item draws, loss, pictures
         self.task = TASKS[cfg.task](cfg, self.data, self.device, pixels=pixels)
         if self.latent is not None:
             self.task.decode = self.latent.decode  # its pictures in pixels
         self.train_y = self.data.train_labels.to(self.device) if self.task.labels else None
+        # the data order: each epoch a new shuffle, a function of (seed, step); images gathered on the device, or streamed
+        self.order = EpochOrder(cfg.seed, len(self.data.train), self.device)
+        self.train_x = self.data.train.to(self.device) if not self.data.streamed else None
+        self.batches = None  # streaming: the DataLoader's batches, from the step training starts at
         self.net = self.task.build().to(self.device)
         self.channels_last = cfg.trainer.channels_last and len(self.data.shape) == 3
         if self.channels_last:
@@ -181,17 +186,32 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def draw(self) -> dict:
-        """This step's global batch ``{"x0": images, and the task's per-item draws}``, drawn on the device from a generator
-        seeded by (seed, step): a step's data is a function of the run's seed and the step alone, so a resumed run, on any
+        """This step's global batch ``{"x0": images, and the task's per-item draws}``: the items of the epoch order at this
+        step (``data/order.py``; gathered on the device, or streamed), and the per-item draws on the device from a generator
+        seeded by (seed, step).  A step's data is a function of the run's seed and the step alone, so a resumed run, on any
         device, draws what the uninterrupted one drew there (each device's generator has its own stream)."""
         n, g, dev = self.cfg.trainer.batch_size, self.gen, self.device
         g.manual_seed(step_seed(self.cfg.seed, self.step))
-        idx = torch.randint(0, len(self.train_x), (n,), generator=g, device=dev)
-        x0 = self.train_x[idx]
+        idx = self.order(self.step, n)
+        x0 = self.train_x[idx] if self.train_x is not None else self.streamed(n)
         if self.data.hflip:  # augmentation: each image mirrored with probability 1/2
             flip = torch.rand(n, generator=g, device=dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         return {"x0": x0, **self.task.draw(g, x0, self.train_y[idx] if self.train_y is not None else None, index=idx)}
+
+    def streamed(self, n: int) -> torch.Tensor:
+        """The images of this step's global batch of ``n``, read from their files by a DataLoader's workers (the same items as
+        ``order``'s).  Under torchrun a rank reads only its share and places it in the global batch's frame, where the draws
+        of the whole batch are made as in memory: the rest, zeros, is sliced away before the loss."""
+        if self.batches is None:
+            sampler = StepBatches(len(self.data.train), self.cfg.seed, n, self.step, self.cfg.trainer.steps, self.dist.rank, self.dist.world)
+            self.batches = iter(loader(self.data.train, sampler, self.cfg.dataset.workers, pin=self.device.type == "cuda"))
+        share = next_batch(self.batches).to(self.device, non_blocking=True)
+        if not self.dist.launched:
+            return share
+        x0 = torch.zeros((n, *share.shape[1:]), device=self.device)
+        x0[self.dist.rank * n // self.dist.world: (self.dist.rank + 1) * n // self.dist.world] = share
+        return x0
 
     def _micro_loss(self, batch: dict) -> torch.Tensor:
         """The mean loss of a micro-batch: the network behind the preconditioning, and the loss (what trainer.compile compiles)."""
@@ -318,17 +338,18 @@ class Trainer:
             self.metrics.branch = self.branch
             log.info("resumed from %s at step %d", resume, self.step)
         total, trained = count_parameters(self.net), sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        log.info("%s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)", self.task.title,
+        log.info("%s: %s parameters; %s on %s%s; dataset %s %s (%d train, %s levels%s)%s", self.task.title,
                  f"{total:,}" + (f" ({trained:,} trained, the rest frozen)" if trained < total else ""),
                  self.precision, self.device,
                  f" x {self.dist.world} processes (DDP, {'nccl' if self.device.type == 'cuda' else 'gloo'}, global batch {tc.batch_size})" if self.dist.launched else "",
-                 self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "")
+                 self.data.name, list(self.data.shape), len(self.data.train), self.data.levels or "continuous", ", random flips" if self.data.hflip else "",
+                 f"; streamed from its files by {self.cfg.dataset.workers} DataLoader workers" if self.data.streamed else "")
         if self.dist.main:
             self.loggers = Loggers(self.cfg.get("logger"), self.run_dir, self.step, OmegaConf.to_yaml(self.cfg))
         t0, logged_loss, heldout = time.perf_counter(), float("nan"), None
         window_t0, window_steps, unread, start_step = t0, 0, 0, self.step
         every_agree = tc.log_every or 100  # a torchrun job agrees on a stop request here (a collective: the host waits)
-        with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step) as advance:
+        with StopRequest() as stop, progress_bar("train", tc.steps, start=self.step, per_item=tc.batch_size) as advance:
             while self.step < tc.steps:
                 self.train_step()
                 window_steps, unread = window_steps + 1, unread + 1
@@ -356,12 +377,11 @@ class Trainer:
                         self.watch_loss(record["loss"])
                         self.metrics.write(step=self.step, **record)
                         self.loggers.scalars(self.step, {**record, "branch": self.branch})
-                        if not sys.stderr.isatty():  # no progress bar (a batch job's log): a line per log_every instead
-                            log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s%s", self.step, tc.steps, logged_loss, record["lr"], rate,
-                                     f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else "")
+                        log.info("step %d/%d: loss %.4f, lr %.3g, %.0f img/s%s", self.step, tc.steps, logged_loss, record["lr"], rate,
+                                 f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else "", extra=BAR_LINE)
                     self.pending = Window(in_a_row=window.in_a_row)
                     window_t0, window_steps = time.perf_counter(), 0
-                advance(**({"loss": logged_loss} if log_now else {}))
+                advance(**({"loss": logged_loss, "lr": record["lr"]} if log_now else {}))
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.snapshot()
                 if ckpt_now:
@@ -386,6 +406,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         return trainer.fit()
     finally:
+        trainer.batches = None  # a streaming run's DataLoader workers end
         trainer.loggers.close()  # also when the run fails or stops: what the loggers buffered reaches the disk
         if trainer.dist.launched:
             import torch.distributed as dist

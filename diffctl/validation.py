@@ -35,7 +35,7 @@ BOUNDS = {
     "optim.lr": (0, False), "optim.warmup_steps": (0, True), "schedule.timesteps": (2, True),
     "num_samples": (1, True), "batch_size": (1, True), "rows": (2, True),
     "sampler.eta": (0, True), "sampler.order": (1, True), "sampler.S_churn": (0, True), "sampler.S_noise": (0, True),
-    "sampler.s_noise": (0, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "model.sigma_data": (0, False),
+    "sampler.s_noise": (0, True), "sampler.euler_above": (1, True), "sampler.rho": (0, False), "loss.gamma": (0, False), "model.sigma_data": (0, False),
     "model.num_classes": (0, True), "trainer.cond_drop_prob": (0, True), "guidance.scale": (0, True), "guidance.rescale": (0, True),
     "guidance.classifier_scale": (0, True),
     "inpaint.resample": (1, True), "trainer.max_nonfinite": (1, True), "model.lr": (0, False),
@@ -45,7 +45,7 @@ BOUNDS = {
     "model.depth": (0, True), "model.dropout": (0, True), "dataset.num_train": (1, True), "dataset.num_test": (1, True),
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
     "optim.min_lr_ratio": (0, True), "loss.p_std": (0, False), "image_index": (0, True),
-    "dataset.image_size": (1, True), "dataset.crop": (1, True), "dataset.limit": (1, True),
+    "dataset.image_size": (1, True), "dataset.crop": (1, True), "dataset.limit": (1, True), "threads": (1, True), "dataset.workers": (0, True),
     "model.context_dim": (0, True), "cond.layers": (0, True), "cond.heads": (1, True), "cond.max_words": (1, True),
 }
 # Upper limits: real ones (probabilities, orders) and, for sizes, limits far beyond any real use that
@@ -56,7 +56,7 @@ UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
          "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000,
-         "model.context_dim": 8192, "cond.layers": 64, "cond.max_words": 512}
+         "model.context_dim": 8192, "cond.layers": 64, "cond.max_words": 512, "threads": 4096, "dataset.workers": 1024}
 MAX_STEPS = 10**5  # sampling steps
 
 
@@ -134,6 +134,20 @@ def check_values(cfg: DictConfig) -> None:
     device = cfg.get("device")
     if device is not None and not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
         raise ValueError(f"device={device!r} is not allowed; choose from: auto, cpu, cuda, cuda:N, mps")
+
+
+def check_streaming(cfg: DictConfig, data) -> None:
+    """What a training split streamed from its files (``dataset.in_memory``) cannot serve: the runs that read the whole split."""
+    from .errors import UsageError
+
+    if not data.streamed:
+        return
+    needs = ("latent.autoencoder (the split is encoded to latents once, in memory)" if cfg.latent.autoencoder else None)
+    needs = needs or ("dataset.controls (the control images are held in memory)" if data.train_controls is not None else None)
+    needs = needs or ("task=autoencoder (its snapshots measure the whole split)" if cfg.task == "autoencoder" else None)
+    if needs:
+        raise UsageError(f"dataset.in_memory=false streams the training images, which {needs} does not support: set dataset.in_memory=true "
+                         f"(and dataset.limit=N to hold fewer)")
 
 
 def check_training(cfg: DictConfig, data, device, precision: str, world: int, pixels=None) -> None:

@@ -44,6 +44,29 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_
     assert (run / "samples" / "step_00000006.png").exists()
 
 
+@pytest.mark.slow
+def test_two_gloo_processes_streaming_their_shares_follow_one_process_in_memory(tmp_path):
+    # each rank's DataLoader reads only its half of the global batch from the files; the run follows one process that
+    # holds the folder in memory
+    from test_stream import digit_folder, folder_opts
+
+    args = [*SMALL, *folder_opts(digit_folder(tmp_path / "imgs"), "trainer.steps=4", "optim.decay=constant")]
+    env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "diffctl", "train", *args, "dataset.in_memory=true", f"hydra.run.dir={tmp_path / 'one'}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffctl", "train", *args,
+                          "dataset.in_memory=false", "dataset.workers=1", f"hydra.run.dir={tmp_path / 'two'}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "streamed from its files by 1 DataLoader workers" in two.stdout + two.stderr
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [r[0] for r in a] == [r[0] for r in b] == [1, 2, 3, 4]
+    assert all(abs(x[1] - y[1]) < 1e-5 for x, y in zip(a, b)), (a, b)
+    sa, sb = (load_checkpoint(d / "checkpoints" / "step_00000004.pt") for d in (tmp_path / "one", tmp_path / "two"))
+    assert all(torch.allclose(sa["ema"][k], sb["ema"][k], atol=1e-5) for k in sa["ema"])
+
+
 def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
     # world size 1 under torchrun: a process group (gloo here, NCCL on CUDA: tests/test_cuda.py) and DDP, as for N processes
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}

@@ -27,10 +27,12 @@ def test_the_training_step_feeds_x_t_at_the_sampled_noise_level_with_the_right_t
     trainer.preconditioned.net = spy
     loss, _, _ = trainer.train_step()
 
-    # the same draws, recomputed here from the step's seed, a hash of (seed, step): batch indices, uniform timesteps, noise
-    g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(f"{trainer.cfg.seed}:0".encode(), digest_size=8).digest(), "little") >> 1)
+    # the same draws, recomputed here: the items are the first 16 of epoch 0's permutation (seeded by a hash of (seed, epoch));
+    # uniform timesteps and noise come from the step's seed, a hash of (seed, step)
+    seed_of = lambda key: int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
     n, ab = 16, make_alpha_bar("linear", 1000)
-    idx = torch.randint(0, len(trainer.train_x), (n,), generator=g)
+    idx = torch.randperm(len(trainer.train_x), generator=torch.Generator().manual_seed(seed_of(f"{trainer.cfg.seed}:epoch:0")))[:n]
+    g = torch.Generator().manual_seed(seed_of(f"{trainer.cfg.seed}:0"))
     t = torch.randint(0, 1000, (n,), generator=g)
     eps = torch.randn(n, 2, generator=g)
     x0 = trainer.train_x[idx].double()

@@ -16,12 +16,13 @@ import torch
 
 from ..core.registry import Registry
 from . import digits, toy2d, vision
+from .stream import FileImages
 
 
 @dataclass
 class Dataset:
     name: str
-    train: torch.Tensor  # [N, C, H, W] or [N, D], in [-1, 1] for images
+    train: torch.Tensor | FileImages  # [N, C, H, W] or [N, D], in [-1, 1] for images; image files when streamed (dataset.in_memory)
     test: torch.Tensor
     train_labels: Optional[torch.Tensor] = None  # [N] long
     test_labels: Optional[torch.Tensor] = None
@@ -39,6 +40,10 @@ class Dataset:
         return tuple(self.train.shape[1:])
 
     @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, FileImages)
+
+    @property
     def is_image(self) -> bool:
         return self.train.ndim == 4
 
@@ -50,6 +55,9 @@ class Dataset:
         h = hashlib.blake2b(digest_size=8)
         h.update(repr((self.name, self.shape, self.levels, self.num_classes)).encode())
         for t in (self.train, self.test, self.train_labels, self.test_labels):
+            if isinstance(t, FileImages):  # streamed: the files and how they are read
+                h.update(repr((t.paths, t.item_shape, t.read.keywords)).encode())
+                continue
             h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
         if self.train_captions is not None:
             h.update(repr((self.train_captions, self.test_captions)).encode())
@@ -67,9 +75,13 @@ DATASETS.register(*toy2d.DISTRIBUTIONS)(toy2d.load)
 DATASETS.register(*vision.READERS)(vision.load)
 
 
-def load_dataset(cfg) -> Dataset:
-    """Load the dataset described by the ``dataset`` config group."""
-    return Dataset(name=cfg.name, **DATASETS.build(cfg, cfg.name))
+def load_dataset(cfg, stream: bool = False) -> Dataset:
+    """Load the dataset described by the ``dataset`` config group; only with ``stream`` (training) may its training split
+    be image files to stream (``dataset.in_memory``); sampling and evaluation read it into memory."""
+    values = DATASETS.values(cfg)
+    if not stream and "in_memory" in values:
+        values["in_memory"] = True
+    return Dataset(name=cfg.name, **DATASETS.build({**values, DATASETS.key: cfg.name}, cfg.name))
 
 
 def quantize(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:

@@ -18,6 +18,7 @@ the shorter side and centre-crops, ``crop`` centre-crops first (CelebA's usual 1
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .stream import STREAM_ABOVE, FileImages
 
 LEVELS = 256
 IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -156,11 +158,14 @@ def open_image(path, what: str):
         raise UsageError(f"{what}: cannot read image {path} ({e})") from None
 
 
+def read_file(path, cfg, channels: int, what: str) -> np.ndarray:
+    """One image file -> ``[C, H, W]`` uint8 after the crop / resize options."""
+    with open_image(path, what) as img:
+        return _to_array(img, cfg, channels)
+
+
 def _read_images(paths: list, cfg, channels: int) -> np.ndarray:
-    out = []
-    for p in paths:
-        with open_image(p, f"dataset={cfg.name}") as img:
-            out.append(_to_array(img, cfg, channels))
+    out = [read_file(p, cfg, channels, f"dataset={cfg.name}") for p in paths]
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise UsageError(f"dataset={cfg.name}: images of different sizes {sorted(shapes)[:3]}; set dataset.image_size=N to resize them")
@@ -197,7 +202,7 @@ def _celeba(cfg, split: str):
         raise _missing(cfg, folder, ["img_align_celeba/", "list_eval_partition.txt"])
     wanted = {"train": "0", "test": "2"}[split]
     names = [line.split()[0] for line in partition.read_text().splitlines() if len(line.split()) == 2 and line.split()[1] == wanted]
-    return _read_images([images / n for n in names], cfg, 3), None, 0
+    return [images / n for n in names], None, 0
 
 
 def _folder(cfg, split: str):
@@ -216,9 +221,7 @@ def _folder(cfg, split: str):
     if len(items) < 2:
         raise UsageError(f"dataset=folder: fewer than 2 images under {root}/<class>/ ({', '.join(EXTENSIONS)})")
     chosen = [it for i, it in enumerate(items) if (i % 10 == 0) == (split == "test")]  # every 10th image is test
-    cfg.paths[split] = [p for p, _ in chosen]  # for dataset.captions
-    x = _read_images([p for p, _ in chosen], cfg, 1 if cfg.grayscale else 3)
-    return x, np.array([c for _, c in chosen], dtype=np.int64), len(classes) if len(classes) > 1 else 0
+    return [p for p, _ in chosen], np.array([c for _, c in chosen], dtype=np.int64), len(classes) if len(classes) > 1 else 0
 
 
 def _mnist5k(cfg, split: str):
@@ -233,7 +236,9 @@ def _mnist5k(cfg, split: str):
     return _resize_arrays(x[keep], cfg), np.asarray(y, dtype=np.int64)[keep], 10
 
 
+# (images, labels or None, classes) of a split; those of FILES list image files, read here or streamed (dataset.in_memory)
 READERS = {"mnist": _mnist, "fashion_mnist": _mnist, "cifar10": _cifar10, "celeba": _celeba, "folder": _folder, "mnist5k": _mnist5k}
+FILES = ("celeba", "folder")
 
 
 def read_captions(path: str, root: Path, images: dict) -> dict:
@@ -266,7 +271,7 @@ def read_captions(path: str, root: Path, images: dict) -> dict:
 
 def load(name: str, *, root: str = "data", download: bool = False, image_size: Optional[int] = None, crop: Optional[int] = None,
          hflip: bool = False, limit: Optional[int] = None, grayscale: bool = False, captions: Optional[str] = None,
-         controls: Optional[str] = None) -> dict:
+         controls: Optional[str] = None, in_memory: Optional[bool] = None, workers: int = 2) -> dict:
     """Images in torchvision's layout under ``root`` (env DIFFCTL_DATA; for folder: ``<root>/<class>/<images>``).
 
     download: fetch with torchvision's downloader (needs a network; offline, missing files are an error
@@ -274,7 +279,9 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
     centre crop (px) before resizing (CelebA: 140); hflip: random horizontal flips while training;
     limit: only the first N images of each split; grayscale: folder images read as 1 channel; captions (folder): a
     metadata.jsonl (path, or relative to root) with a caption for every image, for cond=text|clip; controls (folder): a
-    folder laid out as root, each image's control image at the same relative path, for task=controlnet.
+    folder laid out as root, each image's control image at the same relative path, for task=controlnet;
+    in_memory (folder, celeba): false streams the training images from their files while training (a DataLoader of
+    ``workers`` processes), true reads them all into memory first, null (default) streams above 4 GiB decoded.
     """
     cfg = SimpleNamespace(**{k: v for k, v in locals().items()}, paths={})  # what the readers below look up
     for key, value in (("captions", captions), ("controls", controls)):
@@ -282,6 +289,9 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
             raise UsageError(f"dataset.{key} is for dataset=folder; dataset={name} makes its own ({'cond=text captions its labels' if key == 'captions' else 'control=edges|lowres|mask'})")
     if controls is not None and hflip:
         raise UsageError("dataset.hflip with dataset.controls: the controls would not be flipped with their images; drop one")
+    if in_memory is False and name not in FILES:
+        raise UsageError(f"dataset.in_memory=false streams image files (dataset={' or '.join(FILES)}); dataset={name} is read from "
+                         f"its array files into memory")
     if cfg.download:
         _download(cfg)
     out = {}
@@ -289,15 +299,21 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
         x, y, classes = READERS[cfg.name](cfg, split)
         if cfg.limit:
             x, y = x[: cfg.limit], (y[: cfg.limit] if y is not None else None)
-        out[split] = torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
+        if name in FILES:  # image files: streamed (the training split, when chosen) or read now
+            cfg.paths[split] = x  # for dataset.captions and dataset.controls
+            channels = 3 if name == "celeba" or not grayscale else 1
+            read = functools.partial(read_file, cfg=SimpleNamespace(crop=crop, image_size=image_size), channels=channels, what=f"dataset={name}")
+            files = FileImages(x, read, read(x[0]).shape, f"dataset={name}") if split == "train" and in_memory is not True and len(x) else None
+            x = files if files is not None and (in_memory is False or files.nbytes > STREAM_ABOVE) else _read_images(x, cfg, channels)
+        out[split] = x if isinstance(x, FileImages) else torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
         out[f"{split}_labels"] = torch.from_numpy(np.array(y, dtype=np.int64)) if y is not None else None
     if captions is not None:
         text = read_captions(captions, Path(cfg.root), cfg.paths)
-        out.update({f"{split}_captions": text[split][: cfg.limit or None] for split in text})
+        out.update({f"{split}_captions": text[split] for split in text})
     if controls is not None:
         folder = Path(controls).expanduser()
         for split, paths in cfg.paths.items():
-            wanted = [folder / p.relative_to(Path(cfg.root)) for p in paths][: cfg.limit or None]
+            wanted = [folder / p.relative_to(Path(cfg.root)) for p in paths]
             missing = [str(p) for p in wanted if not p.is_file()]
             if missing:
                 raise UsageError(f"dataset.controls={controls}: {len(missing)} of the images have no control image at the same relative path "
