@@ -184,6 +184,7 @@ class TrainConfig:
     control: str = "edges"  # task=controlnet: edges | lowres | mask, made from each image
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (the cores); lower it when other work shares the machine
     task: str = "diffusion"  # diffusion | classifier (noise-aware, for guidance.classifier=) | autoencoder (for latent diffusion) | superres | controlnet
     resume: str = "auto"  # auto: continue from this run folder's newest checkpoint | never | <run folder or file>
 
@@ -216,6 +217,7 @@ class SampleConfig:
     seed: int = 0  # image i uses seed + i
     ema: bool = True  # sample with the EMA weights
     device: str = "auto"
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (the cores); lower it when other work shares the machine
     classes: Any = None  # class-conditional models: all, [3, 7] (cycled over the images) or 3; None: unconditional (the null label)
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image
     prompts: Any = None  # a list of prompts cycled over the images, or train | heldout: the templated captions of that set (with classes=)
@@ -240,6 +242,7 @@ class EvalConfig:
     seed: int = 0
     ema: bool = True
     device: str = "auto"
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (the cores); lower it when other work shares the machine
     inception_weights: Optional[str] = None  # TF-Inception weights file for fid/kid/is (also env DIFFCTL_INCEPTION_WEIGHTS)
     classes: Any = None  # class-conditional models: all, [3, 7] or 3; None: unconditional samples
     prompt: Optional[str] = None  # a text-conditioned model (cond=text|clip): the prompt of every image

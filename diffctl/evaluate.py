@@ -41,13 +41,13 @@ def _versions() -> dict:
     return out
 
 
-def _side_by_side(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
-    """real | generated: two grids of 64 in one PNG (images), or overlaid scatter plots (2-D)."""
+def _side_by_side(real: torch.Tensor, fake: torch.Tensor, path: Path, title: str = "") -> None:
+    """real | generated: two grids of 64 in one PNG, headed (images), or overlaid scatter plots (2-D)."""
     if real.ndim == 4:
         k = min(8, len(real), len(fake))  # images per row on each side
         rows = [torch.cat([real[r * k:(r + 1) * k], torch.zeros(1, *real.shape[1:]), fake[r * k:(r + 1) * k]])
                 for r in range(min(8, len(real) // k, len(fake) // k))]
-        save_grid(torch.cat(rows), path, nrow=2 * k + 1)
+        save_grid(torch.cat(rows), path, nrow=2 * k + 1, title=title, headers=[("real (test split)", k), ("", 1), ("generated", k)])
     else:
         save_scatter(fake, path, reference=real, title="test split (grey) vs generated (blue)")
 
@@ -97,6 +97,10 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s", source.describe())
     skipped = {m: r for m in cfg.metrics if (r := skip_reason(METRICS[m], pixels if METRICS[m].uses_samples else data, source.net is not None))}
     active = [m for m in cfg.metrics if m not in skipped]
+    short = [m for m in active if METRICS[m].equal_count]
+    if short and cfg.num_samples < len(pixels.test):  # refused before any sampling
+        raise UsageError(f"num_samples={cfg.num_samples}: {', '.join(short)} need{'s' if len(short) == 1 else ''} num_samples >= {len(pixels.test)}, the test split's size, so that "
+                         f"their real-vs-real floor is measured at the same count; raise num_samples or leave them out of metrics=[...]")
     rows, once, timings, memo, first = [], {}, {}, {}, None
     for sampler_cfg, steps in grid:
         cache = {}
@@ -157,9 +161,10 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         report["grid"] = rows
     write_json(run_dir / "metrics.json", report)  # first: nothing below may lose the numbers
     if len(rows) > 1:
-        _quality_vs_nfe(rows, run_dir)
+        _quality_vs_nfe(rows, run_dir, source.label())
     if last is not None:
-        _side_by_side(pixels.test, last, run_dir / "real_vs_generated.png")
+        r = rows[-1]
+        _side_by_side(pixels.test, last, run_dir / "real_vs_generated.png", f"{source.label()}: {r['sampler']}, {r['steps']} steps, NFE {r['nfe']}")
     _print_table(report, rows)
     return report
 
@@ -169,11 +174,12 @@ def _primary(row_metrics: dict) -> str | None:
     return next((m for m in ("fd_ref", "swd", "logp_true") if m in row_metrics), None)
 
 
-def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
+def _quality_vs_nfe(rows: list[dict], run_dir: Path, what: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     name = _primary(rows[0]["metrics"])
     if name is None:
@@ -187,10 +193,20 @@ def _quality_vs_nfe(rows: list[dict], run_dir: Path) -> None:
         ax.axhline(m0["floor"], color="gray", ls="--", label="real vs real (floor)")
         if m0.get("floor_err"):
             ax.axhspan(m0["floor"] - m0["floor_err"], m0["floor"] + m0["floor_err"], color="gray", alpha=0.15)
-    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.set_xscale("log")  # ticks at the NFEs measured, written as plain numbers
+    ax.xaxis.set_major_locator(FixedLocator(sorted({r["nfe"] for r in rows})))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(NullLocator())
+    values = [r["metrics"][name]["value"] for r in rows if r["metrics"][name].get("value") is not None]
+    if values and min(values) > 0 and max(values) / min(values) > 5:  # one bad setting would flatten the others on a linear axis
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("NFE (network evaluations per sample)")
-    ax.set_ylabel(name)
-    ax.set_title(f"{name} vs NFE")
+    ax.set_ylabel(name + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{name} vs NFE: {what}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

@@ -69,6 +69,15 @@ def class_labels(count: int, classes) -> torch.Tensor:
     return torch.tensor([classes[i % len(classes)] for i in range(count)], dtype=torch.long)
 
 
+def class_columns(labels, most: int = 16) -> int:
+    """Grid columns so that each column is one class, for labels that cycle through the classes (``class_labels``);
+    0 (the default layout) otherwise."""
+    if labels is None or not len(labels):
+        return 0
+    k = len(dict.fromkeys(labels.tolist()))
+    return k if 1 < k <= most and torch.equal(labels, class_labels(len(labels), labels[:k].tolist())) else 0
+
+
 @dataclass
 class Conditioning:
     """What steers generation: a condition per image (class labels, or prompts as token ids) with classifier-free
@@ -201,10 +210,11 @@ def generate(
     """
     t0 = time.perf_counter()
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
-    if sampler_cfg.name == "heun" and len(sigmas) > 2 and sigmas[1] > 0 and sigmas[0] / sigmas[1] > 50:
+    if sampler_cfg.name == "heun" and len(sigmas) > 2 and sigmas[1] > 0 and 50 * sigmas[1] < sigmas[0] <= sampler_cfg.get("euler_above", 50.0) * sigmas[1]:
         log.warning("heun's first step goes from sigma %.3g to %.3g: its trapezoidal correction over so long a step amplifies "
-                    "any error, and trained models then give noise, not images (see docs/samplers.md); use sampler.spacing=karras with a schedule of moderate sigma_max, "
-                    "or dpmpp_2m / unipc", sigmas[0].item(), sigmas[1].item())
+                    "any error, and trained models then give noise, not images (see docs/samplers.md); lower sampler.euler_above to 50 "
+                    "(that step taken as Euler's), use sampler.spacing=karras with a schedule of moderate sigma_max, or dpmpp_2m / unipc",
+                    sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
     repainting = cond is not None and cond.resample > 1
     callback = (lambda *a: on_step()) if on_step else None

@@ -134,6 +134,11 @@ def run_inspect(cfg: DictConfig, run_dir: Path) -> dict:
         if not 0 <= cfg.image_index < len(data.test):
             raise UsageError(f"image_index={cfg.image_index} is outside the test split (0..{len(data.test) - 1})")
         report["strip_timesteps"] = forward_strip(data.test[cfg.image_index], alpha_bars, run_dir / "forward.png")
+    elif data.shape == (1,):  # 1-D data: the exact density of x_t over t, one row per schedule
+        from .io.plots1d import density_of, save_forward
+
+        mixture, label = density_of(data)
+        save_forward(mixture, alpha_bars, run_dir / "forward.png", label=label)
     write_json(run_dir / "schedule.json", report)
-    log.info("wrote %s%s", run_dir / "schedule.png", f" and {run_dir / 'forward.png'}" if data.is_image else "")
+    log.info("wrote %s%s", run_dir / "schedule.png", f" and {run_dir / 'forward.png'}" if (run_dir / "forward.png").exists() else "")
     return report

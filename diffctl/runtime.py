@@ -153,6 +153,14 @@ class Source:
         """Latents -> pixels for a latent model; None otherwise."""
         return self.latent.decode if self.latent is not None else None
 
+    def label(self) -> str:
+        """A picture's short name for the model: ``<run folder>/<checkpoint> (step N)``, or the oracle."""
+        if "checkpoint" not in self.info:
+            return f"oracle of {self.info['dataset']}"
+        path = Path(self.info["checkpoint"])
+        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return f"{folder.parent.name}/{folder.name}/{path.name} (step {self.info['checkpoint_step']})"
+
     def describe(self) -> str:
         if self.info.get("format") == "diffusers":
             return f"the diffusers folder {self.info['checkpoint']} (step {self.info['checkpoint_step']})"
@@ -169,10 +177,10 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
 
     if cfg.ckpt == "oracle":
         if cfg.get("dataset") is None:
-            raise UsageError("ckpt=oracle needs dataset=gmm or dataset=digits_gmm")
+            raise UsageError("ckpt=oracle needs dataset=gmm or dataset=digits_gmm or dataset=gmm1d")
         data = load_dataset(cfg.dataset)
         if data.oracle is None:
-            raise UsageError(f"ckpt=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm or dataset=digits_gmm")
+            raise UsageError(f"ckpt=oracle: dataset={data.name} has no closed-form denoiser; use dataset=gmm, gmm1d or digits_gmm")
         schedule = cfg.schedule if cfg.get("schedule") is not None else load_option("schedule", "linear")
         return Source(data.oracle, schedule_alpha_bar(schedule), data, {"model": "oracle", "dataset": data.name, "schedule": schedule.name},
                       num_classes=data.oracle.num_classes)
@@ -248,7 +256,7 @@ def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.de
 
     if spec == "oracle":
         if source.net is not None or source.data.oracle is None:
-            raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with ckpt=oracle dataset=gmm|digits_gmm")
+            raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with ckpt=oracle dataset=gmm|gmm1d|digits_gmm")
         return Classifier(source.data.oracle.log_posterior, source.data.oracle.num_classes, {"classifier": "oracle"})
     path = resolve_checkpoint(spec, Path(cfg.paths.output_root), key="guidance.classifier", task="classifier")
     trained = load_trained(path, device, ema=cfg.ema, task="classifier")
@@ -303,3 +311,38 @@ def fast_math(device: torch.device, tf32: bool) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
+
+
+def apply_threads(threads: int | None) -> str:
+    """Set torch's CPU threads to ``threads=``; unset, torch keeps its default (one per core), except in a sweep whose
+    launcher runs jobs side by side (joblib's ``n_jobs``), where each job gets its share of the cores so that they do
+    not oversubscribe them.  Returns the run log's line saying what was chosen and why."""
+    import os
+
+    why = f"threads={threads}"
+    if threads is None:
+        jobs = _parallel_jobs()
+        if jobs > 1:
+            threads, why = max(1, (os.cpu_count() or 1) // jobs), f"the {os.cpu_count()} cores shared by {jobs} parallel sweep jobs"
+    if threads:
+        torch.set_num_threads(threads)
+    else:
+        why = "torch's default; set threads=N when other work shares the machine"
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'s' if n != 1 else ''} ({why})"
+
+
+def _parallel_jobs() -> int:
+    """How many jobs a Hydra sweep runs at once beside this one (joblib's ``n_jobs``; 1 outside such a sweep)."""
+    import os
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except (ImportError, ValueError):  # not inside a Hydra job
+        return 1
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return (os.cpu_count() or 1) if n < 0 else n

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from .generation import class_columns
 from .io.images import save_inpaint_grid, save_samples
 from .io.rundir import write_json
 from .runtime import load_source, resolve_device
@@ -31,7 +32,12 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
             known, keep = cond.pixels
             samples = keep * known + (1 - keep) * samples
     log.info("visited timesteps: %s", gen.timesteps)
-    files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=f"{cfg.sampler.name}, {cfg.steps} steps")
+    title = f"{source.label()}: {gen.sampler}, {cfg.steps} steps, NFE {gen.nfe}" + (f", {describe_guidance(gen.guidance)}" if gen.guidance else "")
+    files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=title, nrow=class_columns(gen.labels))
+    if data.shape == (1,) and source.decode is None:  # 1-D data: reverse trajectories over the forward density (diffctl.io.plots1d)
+        from .trajectories import save_sample_picture_1d
+
+        files.update(save_sample_picture_1d(source, cfg, device, samples, run_dir / "trajectories.png", cond))
     if cond is not None and cond.known is not None:
         known, keep = cond.pixels or (cond.known, cond.mask)
         files["inpaint_grid"] = str(save_inpaint_grid(known, keep, samples, run_dir / "inpaint.png"))

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
-from .generation import Conditioning, generate
+from .generation import Conditioning, class_columns, generate
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .metrics.classifier import accuracy_by_timestep
 
@@ -25,7 +25,8 @@ def sample_grid(denoise: Callable, alpha_bar: torch.Tensor, cfg: DictConfig, dat
     path = folder / f"step_{step:08d}.png"
     folder.mkdir(exist_ok=True)
     if data.is_image:
-        save_grid(samples, path)
+        save_grid(samples, path, nrow=class_columns(cond.labels if cond is not None else None),
+                  title=f"step {step}: {cfg.sampler.name}, {min(tc.sample_steps, len(alpha_bar))} steps")
     else:
         save_scatter(samples, path, reference=data.test, title=f"step {step}")
     return path

@@ -81,6 +81,9 @@ def main() -> None:
     for ax, key, title in ((axes[0], "acc", "conditional accuracy"), (axes[1], "fd", "fd_ref (lower is better)"), (axes[2], "pr", "precision / recall")):
         if key != "pr" and first and first[0][key]:
             ax.axhline(first[0][key]["floor"], color="gray", ls="--", label="real vs real")
+        elif key == "pr" and first and first[0]["pr"]:  # held-out real images against the training split, at the same count
+            for metric, color in (("precision", "C0"), ("recall", "C1")):  # the colours of the first prompt set's curves
+                ax.axhline(first[0]["pr"]["floor_all"][metric], color=color, ls="--", alpha=0.6, label=f"real vs real {metric}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.set_xlabel(axis)

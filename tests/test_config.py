@@ -43,7 +43,7 @@ def test_every_option_composes_and_validates(command, group, option):
 
 
 def test_group_options_are_the_documented_names():
-    assert options("dataset") == ["celeba", "cifar10", "digits", "digits_gmm", "fashion_mnist", "folder", "gmm", "mnist", "mnist5k",
+    assert options("dataset") == ["celeba", "cifar10", "digits", "digits_gmm", "fashion_mnist", "folder", "gmm", "gmm1d", "mnist", "mnist5k",
                                   "moons", "swiss_roll"]
     assert options("experiment") == ["ddpm_cifar10", "edm_cifar10", "iddpm_cifar10"]
     assert options("model") == ["diffusers_unet", "mlp", "unet_base", "unet_small", "unet_tiny"]

@@ -91,6 +91,19 @@ def test_a_failed_resume_of_a_foreign_folder_leaves_its_files(cli, tmp_path):
     assert not {p.name for p in after} - {p.name for p in before} - {"train.log", ".diffctl.lock"}  # no config.yaml, no FAILED
 
 
+def test_an_eval_sweep_with_too_few_samples_is_refused_before_sampling_and_leaves_no_folder(cli, run, monkeypatch):
+    # fd_ref needs num_samples >= the test split (300 digits): refused before any sample is drawn (a spy on generation)
+    # and before the reference classifier is trained; the sweep folder, holding only multirun.yaml, goes with it
+    import diffctl.evaluate
+
+    drawn = []
+    monkeypatch.setattr(diffctl.evaluate, "generate_from_config", lambda *a, **k: drawn.append(1))
+    assert_one_line_error(cli("eval", "-m", f"ckpt={run}", "num_samples=100", "metrics=[fd_ref,test_loss]", "seed=0,1"), "eval",
+                          "num_samples=100: fd_ref needs num_samples >= 300, the test split's size")
+    assert not drawn
+    assert not (run.parents[2] / "eval").exists()  # outputs/eval: no sweep folder, no job folder
+
+
 # --- 2. resuming the right branch --------------------------------------------------------------------
 def test_resume_from_an_older_checkpoint_moves_the_abandoned_branch_aside(cli, run):
     old4 = (run / "checkpoints" / "step_00000004.pt").read_bytes()

@@ -109,10 +109,15 @@ def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, noise: Optio
 @SAMPLERS.register("heun")
 @torch.no_grad()
 def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
-                S_noise: float = 1.0, noise: Optional[Callable] = None, callback=None):
+                S_noise: float = 1.0, euler_above: float = 50.0, noise: Optional[Callable] = None, callback=None):
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2); deterministic Heun when S_churn = 0.
 
-    NFE = 2 * steps - 1: the last step (to sigma = 0) is a plain Euler step (Alg. 2, line 8).
+    NFE = 2 * steps - 1: the last step (to sigma = 0) is a plain Euler step (Alg. 2, line 8).  So is a step whose
+    sigma shrinks by more than ``euler_above`` (a VP schedule's first step, from sigma_max ~ 1e4 to ~ 30): there the
+    trapezoid's second slope, taken where the denoiser's output differs from the first's, is multiplied by the whole
+    step and amplifies its error a thousandfold, while Euler's step is exact as long as D(x, sigma) stays put, as it
+    does at sigma far above the data's scale (x - D grows in proportion to sigma).  EDM's sigma_max = 80 with Karras
+    spacing has no such step; ``euler_above=inf`` is Algorithm 2 as published.
     """
     noise = noise or _default_noise(x)
     n = len(sigmas) - 1
@@ -125,7 +130,7 @@ def sample_heun(denoise, x, sigmas, *, S_churn: float = 0.0, S_tmin: float = 0.0
         x0 = denoise(x, sigma_hat)
         d = (x - x0) / sigma_hat  # line 7
         x_next = x + (sigmas[i + 1] - sigma_hat) * d  # line 8
-        if sigmas[i + 1] > 0:
+        if sigmas[i + 1] > 0 and sigma_hat <= euler_above * sigmas[i + 1]:
             d_next = (x_next - denoise(x_next, sigmas[i + 1])) / sigmas[i + 1]  # line 10
             x_next = x + (sigmas[i + 1] - sigma_hat) * (d + d_next) / 2  # line 11
         x = x_next

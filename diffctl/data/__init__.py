@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.registry import Registry
-from . import digits, toy2d, vision
+from . import digits, gmm1d, toy2d, vision
 from .stream import FileImages
 
 
@@ -72,6 +72,7 @@ DATASETS = Registry("dataset")
 DATASETS.register("digits")(digits.load)
 DATASETS.register("digits_gmm")(digits.load_gmm)
 DATASETS.register(*toy2d.DISTRIBUTIONS)(toy2d.load)
+DATASETS.register("gmm1d")(gmm1d.load)
 DATASETS.register(*vision.READERS)(vision.load)
 
 

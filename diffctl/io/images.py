@@ -15,23 +15,69 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0) -> None:
-    """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, upscaled so small images stay visible."""
+PAD = 1  # pixels between grid cells, before upscaling
+
+
+def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0, title: str = "", headers: list | None = None) -> None:
+    """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, upscaled so small images stay visible, with ``title`` above
+    it and ``headers``, ``[(text, columns), ...]``, over consecutive spans of its columns (what each column is)."""
     from PIL import Image
     from torchvision.utils import make_grid
 
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(images)))))
-    grid = make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=nrow, padding=1, pad_value=0.5)
+    grid = make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=nrow, padding=PAD, pad_value=0.5)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
     img = Image.fromarray(arr)
     scale = scale or max(1, 256 // max(images.shape[-1], 1) // 4)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if title or headers:
+        img = _annotate(img, title, headers or [], (images.shape[-1] + PAD) * scale, PAD * scale)
+    img.save(path)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _annotate(img, title: str, headers: list, cell: int, pad: int):
+    """``img`` below a white band with ``title`` and, centred over their spans of ``cell``-pixel columns, ``headers``."""
+    from PIL import Image, ImageDraw
+
+    size = 13
+    font, small = _font(size), _font(size - 2)
+    lines = (1 if title else 0) + (1 if headers else 0)
+    band = lines * (size + 6) + 4
+    out = Image.new("RGB", (max(img.width, 8 * len(title) if title else 0), img.height + band), "white")
+    out.paste(img.convert("RGB"), (0, band))
+    draw = ImageDraw.Draw(out)
+    y = 2
+    if title:
+        draw.text((4, y), title, fill="black", font=font)
+        y += size + 6
+    x = pad
+    for text, span in headers:
+        width = span * cell - pad
+        if text:
+            w = draw.textlength(text, font=small)
+            draw.text((x + max(0, (width - w) / 2), y), text, fill="black", font=small)
+            draw.line([(x, y + size + 1), (x + width, y + size + 1)], fill="gray")
+        x += span * cell
+    return out
 
 
 def save_scatter(points: torch.Tensor, path: Path, reference: torch.Tensor | None = None, title: str = "") -> None:
-    """Scatter plot of 2-D points ``[N, 2]`` (reference data drawn faintly behind)."""
+    """Scatter plot of 2-D points ``[N, 2]`` (reference data drawn faintly behind); 1-D points ``[N, 1]``: a histogram."""
+    if points.shape[1] == 1:
+        from .plots1d import save_histogram
+
+        return save_histogram(points, path, reference=reference, title=title)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,20 +115,25 @@ def save_accuracy_plot(timesteps: list, accuracy: list, path: Path, chance: floa
     plt.close(fig)
 
 
+MASK_COLOUR = torch.tensor([1.0, -1.0, 1.0])  # magenta in [-1, 1]: the region to regenerate, unlike any grey of the data or the grid
+
+
 def save_inpaint_grid(known: torch.Tensor, keep: torch.Tensor, samples: torch.Tensor, path: Path, per_row: int = 6) -> Path:
-    """Rows of: the input image, the masked input (the region to regenerate in mid grey), ``per_row`` results."""
-    masked = known * keep  # the region to regenerate shows as 0: mid grey in [-1, 1]
-    rows = [torch.cat([known[None], masked[None], samples[i:i + per_row].float()]) for i in range(0, min(len(samples), 4 * per_row), per_row)]
+    """Rows of: the input image, the input with the region to regenerate in magenta, ``per_row`` results; headed so."""
+    rgb = lambda x: x.float().expand(*x.shape[:-3], 3, *x.shape[-2:]) if x.shape[-3] == 1 else x.float()
+    known, samples = rgb(known), rgb(samples)
+    masked = torch.where(keep.expand_as(known) > 0.5, known, MASK_COLOUR[:, None, None].expand_as(known))
+    rows = [torch.cat([known[None], masked[None], samples[i:i + per_row]]) for i in range(0, min(len(samples), 4 * per_row), per_row)]
     rows = [torch.cat([r, torch.zeros(per_row + 2 - len(r), *known.shape)]) for r in rows]  # pad the last row
-    save_grid(torch.cat(rows), path, nrow=per_row + 2)
+    save_grid(torch.cat(rows), path, nrow=per_row + 2, headers=[("input", 1), ("regenerated", 1), ("results", per_row)])
     return path
 
 
-def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "") -> dict:
-    """Write ``grid.png`` and ``samples.npz`` (``images`` uint8 [N,H,W,C], or ``x`` float [N,2])."""
+def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "", nrow: int = 0) -> dict:
+    """Write ``grid.png`` (titled; ``nrow`` images per row) and ``samples.npz`` (``images`` uint8 [N,H,W,C], or ``x`` float [N, D])."""
     run_dir = Path(run_dir)
     if samples.ndim == 4:
-        save_grid(samples, run_dir / "grid.png")
+        save_grid(samples, run_dir / "grid.png", nrow=nrow, title=title)
         np.savez_compressed(run_dir / "samples.npz", images=to_uint8(samples))
     else:
         save_scatter(samples, run_dir / "grid.png", reference=reference, title=title)

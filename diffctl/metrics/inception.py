@@ -223,7 +223,7 @@ def _common(f: _Features) -> dict:
     return {"feature_extractor": {k: v for k, v in f.info.items() if k != "torch_fidelity"}, "torch_fidelity": f.info["torch_fidelity"]}
 
 
-@register("fid", _rgb_images)
+@register("fid", _rgb_images, equal_count=True)
 def fid(ctx: EvalContext) -> dict:
     """FID: Frechet distance in Inception pool3 features, generated vs train split.
 
@@ -236,7 +236,7 @@ def fid(ctx: EvalContext) -> dict:
     return {**result, "n_train": len(f.train["features"]), **_common(f)}
 
 
-@register("kid", _rgb_images)
+@register("kid", _rgb_images, equal_count=True)
 def kid(ctx: EvalContext) -> dict:
     """KID: unbiased MMD^2, cubic polynomial kernel, in Inception pool3 features, generated vs train.
 
@@ -252,7 +252,7 @@ def kid(ctx: EvalContext) -> dict:
             "floor_n": f.n, **_common(f)}
 
 
-@register("is", _rgb_images)
+@register("is", _rgb_images, equal_count=True)
 def is_(ctx: EvalContext) -> dict:
     """Inception Score of all generated samples (higher is better; at most 1008 classes).
 

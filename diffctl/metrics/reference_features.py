@@ -31,7 +31,7 @@ def _reference(ctx: EvalContext):
     return (*ctx.memo["reference"], samples)
 
 
-@register("fd_ref", images_with_classes, version=2)
+@register("fd_ref", images_with_classes, version=2, equal_count=True)
 @torch.no_grad()
 def fd_ref(ctx: EvalContext) -> dict:
     """Frechet distance in reference-classifier features, generated vs train split.
@@ -52,7 +52,7 @@ def fd_ref(ctx: EvalContext) -> dict:
     }
 
 
-@register("kid_ref", images_with_classes, version=2)
+@register("kid_ref", images_with_classes, version=2, equal_count=True)
 @torch.no_grad()
 def kid_ref(ctx: EvalContext) -> dict:
     """KID in reference-classifier features: the unbiased MMD^2 with KID's cubic polynomial kernel
@@ -71,7 +71,7 @@ def kid_ref(ctx: EvalContext) -> dict:
     return {**with_floor(kid, fake, test, ctx.seed), "n": len(fake), "floor_n": len(test), "reference": info}
 
 
-@register("prdc_ref", images_with_classes, version=2)
+@register("prdc_ref", images_with_classes, version=2, equal_count=True)
 def prdc_ref(ctx: EvalContext) -> dict:
     """Precision / recall (k = 3) and density / coverage (k = 5) in reference features, vs the train split.
 
@@ -89,7 +89,7 @@ def prdc_ref(ctx: EvalContext) -> dict:
             "n": n, "reference": info}
 
 
-@register("cond_acc", images_with_classes)
+@register("cond_acc", images_with_classes, equal_count=True)
 @torch.no_grad()
 def cond_acc(ctx: EvalContext) -> dict:
     """Conditional accuracy: how often the reference classifier assigns a sample its requested class (for prompts,
