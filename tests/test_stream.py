@@ -14,20 +14,22 @@ from diffctl.data.stream import FileImages, StepBatches
 from diffctl.errors import Interrupted, UsageError
 
 
-def digit_folder(root, n=30):
-    """``n`` 8x8 digits as grayscale PNGs in two class folders (a folder dataset of 27 train, 3 test images)."""
+def digit_folder(root, n=30, rgb=False):
+    """``n`` 8x8 digits as PNGs (grayscale, or tinted RGB) in two class folders (a folder dataset of 27 train, 3 test images)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     for i in range(n):
         folder = root / f"c{digits.target[i] % 2}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+        gray = (digits.images[i] * 255 / 16).round().astype(np.uint8)
+        pixels = np.stack([gray, gray // 2, 255 - gray], -1) if rgb else gray
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root
 
 
-def folder_opts(root, *more):
-    return ["dataset=folder", f"dataset.root={root}", "dataset.image_size=null", "dataset.grayscale=true", "trainer.precision=fp32",
+def folder_opts(root, *more, rgb=False):
+    return ["dataset=folder", f"dataset.root={root}", "dataset.image_size=null", f"dataset.grayscale={str(not rgb).lower()}", "trainer.precision=fp32",
             "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.eval_every=0", "model.num_classes=2", *more]
 
 
@@ -68,6 +70,8 @@ def test_streamed_files_hold_what_memory_holds(tmp_path):
     held = load_dataset(OmegaConf.merge(cfg, {"in_memory": True}), stream=True)
     files = load_dataset(OmegaConf.merge(cfg, {"in_memory": False}), stream=True)
     assert not held.streamed and files.streamed and isinstance(files.train, FileImages)
+    rgb = load_dataset(OmegaConf.merge(cfg, {"root": str(digit_folder(tmp_path / "rgb", rgb=True)), "grayscale": False}), stream=False)
+    assert rgb.shape == (3, 8, 8) and rgb.train.is_contiguous() and rgb.test.is_contiguous()  # NCHW, not the decoder's HWC seen transposed
     assert files.shape == held.shape == (1, 8, 8) and len(files.train) == len(held.train) == 27
     assert torch.equal(torch.stack([files.train[i] for i in range(27)]), held.train)
     assert torch.equal(files.test, held.test) and torch.equal(files.train_labels, held.train_labels)
@@ -82,11 +86,13 @@ def test_streamed_files_hold_what_memory_holds(tmp_path):
         vision.STREAM_ABOVE = stream_above
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_streamed_and_in_memory_training_follow_one_trajectory(tmp_path, workers):
-    # batch 8 over 27 images: epochs end mid-batch; random flips and labels draw from the step's generator
-    root = digit_folder(tmp_path / "imgs")
-    opts = folder_opts(root, "trainer.steps=8", "dataset.hflip=true")
+@pytest.mark.parametrize("workers,rgb", [(0, False), (2, False), (0, True)])
+def test_streamed_and_in_memory_training_follow_one_trajectory(tmp_path, workers, rgb):
+    # batch 8 over 27 images: epochs end mid-batch; random flips and labels draw from the step's generator, dropout from the
+    # global one (which the DataLoader must leave alone); RGB images are decoded as [H, W, C] buffers: both batches must be
+    # laid out alike (NCHW), or convolutions round them differently
+    root = digit_folder(tmp_path / "imgs", rgb=rgb)
+    opts = folder_opts(root, "trainer.steps=8", "dataset.hflip=true", "model.dropout=0.1", rgb=rgb)
     held = make_trainer(tmp_path / "held", *opts, "dataset.in_memory=true")
     held.fit()
     streamed = make_trainer(tmp_path / "streamed", *opts, "dataset.in_memory=false", f"dataset.workers={workers}")
@@ -99,7 +105,7 @@ def test_streamed_and_in_memory_training_follow_one_trajectory(tmp_path, workers
 
 def test_a_streamed_run_resumes_mid_epoch_exactly(tmp_path):
     root = digit_folder(tmp_path / "imgs")
-    opts = folder_opts(root, "trainer.steps=7", "dataset.in_memory=false", "dataset.workers=1")
+    opts = folder_opts(root, "trainer.steps=7", "dataset.in_memory=false", "dataset.workers=1", "model.dropout=0.1")
     whole = make_trainer(tmp_path / "whole", *opts)
     whole.fit()
     first = make_trainer(tmp_path / "split", *opts)

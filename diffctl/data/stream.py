@@ -38,7 +38,9 @@ class FileImages(torch.utils.data.Dataset):
         if arr.shape != self.item_shape:
             raise UsageError(f"{self.what}: {self.paths[i]} is {list(arr.shape)} after resizing, the others {list(self.item_shape)}; "
                              f"set dataset.image_size=N to resize them all")
-        return torch.from_numpy(np.array(arr, dtype=np.float32)) / 255 * 2 - 1
+        # C-contiguous: an RGB image comes as an [H, W, C] buffer seen transposed, and np.array would keep that layout (and
+        # the batch would be channels-last, which convolutions round differently from the in-memory batch)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)) / 255 * 2 - 1
 
     @property
     def nbytes(self) -> int:
@@ -62,9 +64,10 @@ class StepBatches(torch.utils.data.Sampler):
 
 def loader(files: FileImages, sampler: StepBatches, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """Batches of ``files`` in ``sampler``'s order: ``workers`` processes decode the images of the next steps (pinned for
-    an asynchronous copy to a GPU)."""
-    return torch.utils.data.DataLoader(files, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
-                                       persistent_workers=False, prefetch_factor=4 if workers else None)
+    an asynchronous copy to a GPU).  The loader gets a generator of its own: by default each iterator draws its workers'
+    base seed from torch's global generator, which would shift the run's dropout draws (and break exact resume)."""
+    return torch.utils.data.DataLoader(files, batch_sampler=sampler, num_workers=workers, pin_memory=pin, persistent_workers=False,
+                                       prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(sampler.order.seed))
 
 
 def next_batch(batches: Iterator) -> torch.Tensor:

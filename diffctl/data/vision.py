@@ -305,7 +305,7 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
             read = functools.partial(read_file, cfg=SimpleNamespace(crop=crop, image_size=image_size), channels=channels, what=f"dataset={name}")
             files = FileImages(x, read, read(x[0]).shape, f"dataset={name}") if split == "train" and in_memory is not True and len(x) else None
             x = files if files is not None and (in_memory is False or files.nbytes > STREAM_ABOVE) else _read_images(x, cfg, channels)
-        out[split] = x if isinstance(x, FileImages) else torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
+        out[split] = x if isinstance(x, FileImages) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
         out[f"{split}_labels"] = torch.from_numpy(np.array(y, dtype=np.int64)) if y is not None else None
     if captions is not None:
         text = read_captions(captions, Path(cfg.root), cfg.paths)
@@ -319,5 +319,5 @@ def load(name: str, *, root: str = "data", download: bool = False, image_size: O
                 raise UsageError(f"dataset.controls={controls}: {len(missing)} of the images have no control image at the same relative path "
                                  f"(first: {missing[0]})")
             x = _read_images(wanted, cfg, 1 if cfg.grayscale else 3)
-            out[f"{split}_controls"] = torch.from_numpy(np.array(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
+            out[f"{split}_controls"] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / (LEVELS - 1) * 2 - 1
     return dict(**out, levels=LEVELS, num_classes=classes, hflip=cfg.hflip)
