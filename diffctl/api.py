@@ -7,6 +7,7 @@
     run.denoiser(x_noisy, sigma)                # D(x, sigma) -> x0_hat, the one preconditioned denoiser
     run.config                                  # the training run's resolved config
     diffctl.schedules.get("cosine", 1000)       # alpha_bar [T] of a registered schedule
+    diffctl.evaluate(folder, metrics=["test_loss"])  # runs `diffctl eval ...`, returns its metrics.json as a dict
 
 Every request is composed and validated as the CLI does it (Hydra configs, the same one-line errors,
 raised here as ``diffctl.errors.UsageError``).
@@ -125,15 +126,31 @@ def load(what: str | Path = "latest", *, ema: bool = True, device: str = "auto",
     return Run(str(what), [f"ema={_value(ema)}", *overrides], device)
 
 
-def train(overrides: Sequence[str] = ()) -> Path:
-    """Run ``diffctl train <overrides>`` in this process and return its run folder (the last one of a ``-m`` sweep)."""
+def _run(command: str, args: Sequence[str]) -> Path:
+    """Run ``diffctl <command> <args>`` in this process (the CLI's Hydra application: run folder, config, logs) and return
+    its run folder (the last one of a ``-m`` sweep)."""
     from .cli import LAST_RUNS, run_command
 
     LAST_RUNS.clear()
-    code = run_command("train", list(overrides))
+    code = run_command(command, list(args))
     if code or not LAST_RUNS:
-        raise UsageError(f"diffctl train {' '.join(overrides)} failed (exit {code}); its message is above")
+        raise UsageError(f"diffctl {command} {' '.join(args)} failed (exit {code}); its message is above")
     return LAST_RUNS[-1]
+
+
+def train(overrides: Sequence[str] = ()) -> Path:
+    """Run ``diffctl train <overrides>`` in this process and return its run folder (the last one of a ``-m`` sweep)."""
+    return _run("train", overrides)
+
+
+def evaluate(ckpt: str | Path = "latest", *, metrics: Optional[Sequence[str]] = None, overrides: Sequence[str] = ()) -> dict:
+    """Run ``diffctl eval ckpt=<ckpt> [metrics=[...]] <overrides>`` in this process and return its report (``metrics.json``:
+    each metric's value with its error bar and real-vs-real floor, the sampler, the checkpoint, the run folder)."""
+    import json
+
+    args = [f"ckpt={_value(str(ckpt))}", *([f"metrics={_value(list(metrics))}"] if metrics is not None else []), *overrides]
+    folder = _run("eval", args)
+    return {**json.loads((folder / "metrics.json").read_text()), "run_folder": str(folder)}
 
 
 class schedules:

@@ -57,13 +57,17 @@ def hydra_app(command: str) -> Callable[[], None]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from .completion import help_template
     from .config import register_schemas
     from .errors import Interrupted
     from .io.rundir import RunLock, new_run_dir, owned, save_config
+    from .progress import use_console_for_logs
+    from .runtime import apply_threads
     from .validation import validate
 
     register_schemas()
     OmegaConf.register_new_resolver("diffctl_run_dir", new_run_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("diffctl_help", help_template, replace=True)  # --help: only this command's groups
 
     @hydra.main(version_base="1.3", config_path="pkg://diffctl.configs", config_name=COMMANDS[command][0])
     def app(cfg):
@@ -83,6 +87,8 @@ def hydra_app(command: str) -> Callable[[], None]:
         with contextlib.ExitStack() as held:
             try:
                 validate(cfg)
+                use_console_for_logs()  # on a terminal: log lines above the progress bars, not into them
+                logging.getLogger(f"diffctl.{command}").info(apply_threads(cfg.get("threads")))
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if command == "train" and _rank() == 0:  # one process trains in a run folder at a time
                     held.enter_context(RunLock(run_dir))
@@ -114,9 +120,9 @@ def _rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
-    """A run that failed before producing anything leaves no folder; one that did is marked FAILED.
-    Only a folder this command created is ever removed (with the date and command folders it made)."""
+def _discard_run_dir(run_dir: Path, command: str, err: BaseException | None) -> None:
+    """A run that failed before producing anything leaves no folder; one that did is marked FAILED (unless ``err`` is
+    None: reported already). Only a folder this command created is ever removed (with the date and command folders it made)."""
     import shutil
 
     from .io.rundir import RunLock, owned, remove_made_parents
@@ -127,7 +133,7 @@ def _discard_run_dir(run_dir: Path, command: str, err: BaseException) -> None:
     if all(p.name in bookkeeping for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
         remove_made_parents(run_dir)
-    else:
+    elif err is not None:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _one_line(err) or type(err).__name__
         (run_dir / "FAILED").write_text(f"diffctl {command} failed: {reason}\n")
 
@@ -199,6 +205,15 @@ def run_command(command: str, args: list[str]) -> int:
     A user's HYDRA_FULL_ERROR=1 still shows full tracebacks; otherwise we set it so that
     composition errors reach us here instead of Hydra's multi-line report.
     """
+    if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in args):
+        from .completion import NOT_SC
+
+        print(f"diffctl {command}: error: {NOT_SC}", file=sys.stderr)
+        return 2
+    if any(a in ("--help", "-h") for a in args):  # the groups this command composes, not every group on the search path
+        from .completion import with_help_template
+
+        args = with_help_template(args)
     saved_env = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "DIFFCTL_FULL_ERROR", "DIFFCTL_RUN_DIRS")}
     if saved_env["HYDRA_FULL_ERROR"] == "1":
         os.environ["DIFFCTL_FULL_ERROR"] = "1"
@@ -227,6 +242,9 @@ def run_command(command: str, args: list[str]) -> int:
         print(f"diffctl {command}: interrupted", file=sys.stderr)
         return 130
     except SystemExit as exit_:  # a job's one-line failure or a stop on request, already reported
+        if exit_.code == 2:  # a sweep whose job was refused: its folder goes if the job left nothing in it
+            for folder in new_run_dir.created.values():
+                _discard_run_dir(Path(folder), command, None)
         return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     finally:
         sys.argv = saved
@@ -291,8 +309,39 @@ def compare(folders: list[Path] = typer.Argument(..., help="Run folders (train r
     print(f"compare: {path}")
 
 
+@app.command(short_help="Shell completion script: bash | zsh | fish.",
+             help='Print the shell completion script: eval "$(diffctl completion bash)" in ~/.bashrc (zsh: the same with zsh, '
+                  'in ~/.zshrc); fish: diffctl completion fish | source. It completes commands, config groups and their options, '
+                  'keys of the composed config and flags.',
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def completion(ctx: typer.Context, shell: str = typer.Argument(None, help="bash | zsh | fish", show_default=False)) -> None:
+    from .completion import script
+
+    if shell is None or ctx.args:
+        given = " ".join([shell or "", *ctx.args]).strip()
+        print(f"diffctl completion: error: give one shell: bash, zsh or fish{f' (got: {given})' if given else ''}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        sys.stdout.write(script(shell))
+    except ValueError as e:
+        print(f"diffctl completion: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    if argv[:1] == ["__complete"]:  # what the completion scripts call: the candidates for the last word, one a line
+        from .completion import complete  # (before Typer, which would take the words' --help or --cfg as its own)
+
+        candidates = complete(argv[1:])
+        if candidates:
+            print("\n".join(candidates))
+        return
+    if argv[:1] in (["-sc"], ["--shell-completion"]):  # a shell still holding what Hydra's -sc install=bash set up
+        from .completion import NOT_SC
+
+        print(f"diffctl: error: {NOT_SC}", file=sys.stderr)
+        raise SystemExit(2)
     if argv and argv[0] in COMMANDS:
         raise SystemExit(run_command(argv[0], argv[1:]))
     app()

@@ -1,6 +1,6 @@
 """Training throughput with the training images in memory against streamed from their files (dataset.in_memory).
 
-    python scripts/stream_bench.py [--images 1797] [--size 32] [--steps 60] [--model unet_small] [--threads 2] [--out bench_stream]
+    python scripts/stream_bench.py [--images 1797] [--size 32] [--steps 60] [--model unet_small] [--threads 2] [--repeat 2] [--out bench_stream]
 
 Writes the 8x8 digits, upscaled to ``--size`` px RGB PNGs, as a folder dataset (two class folders), then trains
 ``--steps`` steps of ``--model`` on it in memory and streamed with 0, 1 and 2 DataLoader workers, each in a fresh
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--model", default="unet_small")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench_stream"))
     args = ap.parse_args()
     root = args.out / "images"
@@ -52,24 +53,28 @@ def main() -> None:
               f"trainer.batch_size={args.batch}", "trainer.log_every=10", "trainer.eval_every=0", "trainer.sample_every=0", "trainer.ckpt_every=0",
               "trainer.num_grid=4", "trainer.sample_steps=2", "trainer.precision=fp32", "logger=none"]
     modes = {"in memory": ["dataset.in_memory=true"], **{f"streamed, {w} workers": ["dataset.in_memory=false", f"dataset.workers={w}"] for w in (0, 1, 2)}}
-    rows, losses = [], {}
-    for name, opts in modes.items():
-        run = args.out / "runs" / name.replace(", ", "_").replace(" ", "_")
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "diffctl", "train", *common, *opts, f"hydra.run.dir={run}"], env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{name}: failed\n{proc.stderr[-2000:]}")
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        records = [r for r in records if "img_per_s" in r]
-        losses[name] = [r["loss"] for r in records]
-        rows.append((name, statistics.median(r["img_per_s"] for r in records[1:]), time.perf_counter() - t0))
-        print(f"{name}: {rows[-1][1]:.0f} img/s, {rows[-1][2]:.1f} s in all", flush=True)
+    best, losses = {}, {}
+    for rep in range(args.repeat):  # the modes in turn, repeated: a burst of other load hits one try, not one mode
+        for name, opts in modes.items():
+            run = args.out / "runs" / f"{name.replace(', ', '_').replace(' ', '_')}_{rep}"
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "diffctl", "train", *common, *opts, f"hydra.run.dir={run}"], env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{name}: failed\n{proc.stderr[-2000:]}")
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            records = [r for r in records if "img_per_s" in r]
+            losses[f"{name} {rep}"] = [r["loss"] for r in records]
+            rate, wall = statistics.median(r["img_per_s"] for r in records[1:]), time.perf_counter() - t0
+            best[name] = max(best.get(name, (0, 0)), (rate, wall))
+            print(f"{name} (try {rep + 1}): {rate:.0f} img/s, {wall:.1f} s in all", flush=True)
+    rows = [(name, *best[name]) for name in modes]
     same = len({tuple(v) for v in losses.values()}) == 1
     base = rows[0][1]
     lines = ["| training images | img/s | vs in memory | wall (s, start-up included) |", "|---|---|---|---|"]
     lines += [f"| {n} | {r:.0f} | {r / base:.2f}x | {w:.1f} |" for n, r, w in rows]
     text = (f"{min(args.images, 1797)} {args.size}x{args.size} RGB PNGs, model={args.model}, batch {args.batch}, {args.steps} steps, fp32, "
-            f"{args.threads} torch threads, {os.cpu_count()} CPUs; img/s is the median of the logged windows after the first.\n\n"
+            f"{args.threads} torch threads, {os.cpu_count()} CPUs; img/s is the median of the logged windows after the first, the best of "
+            f"{args.repeat} tries taken in turn.\n\n"
             + "\n".join(lines) + f"\n\nSame logged losses in every mode: {'yes' if same else 'NO'}.\n")
     (args.out / "stream.md").write_text(text)
     print(text)

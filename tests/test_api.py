@@ -20,6 +20,7 @@ def test_the_readme_python_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"^unet 60 \(16, 1, 8, 8\) alpha_bar_T = \d", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^test loss 0\.\d+$", proc.stdout, re.M), proc.stdout  # diffctl.evaluate's report (an eps-MSE below 1)
 
 
 def test_api_samples_are_the_clis_samples(diffctl, monkeypatch):

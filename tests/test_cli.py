@@ -21,14 +21,45 @@ def test_top_level_help_lists_the_commands(diffctl):
 
 def test_train_help_lists_groups_and_options(diffctl):
     out = diffctl("train", "--help").stdout
-    assert "dataset: celeba, cifar10, digits, digits_gmm, fashion_mnist, folder, gmm, mnist, mnist5k, moons, swiss_roll" in out
+    assert "dataset: celeba, cifar10, digits, digits_gmm, fashion_mnist, folder, gmm, gmm1d, mnist, mnist5k, moons, swiss_roll" in out
     assert "experiment: ddpm_cifar10, edm_cifar10, iddpm_cifar10" in out
     assert "model: diffusers_unet, mlp, unet_base, unet_small, unet_tiny" in out
     assert "schedule: cosine, edm, linear, scaled_linear, sigmoid" in out
     assert "loss: edm, min_snr, simple" in out
     assert "logger: csv, none, tensorboard" in out
     assert "sampler: ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun, unipc" in out
+    assert "trainer: default" in out and "optim: adamw" in out and "\ntrainer:\n  steps: 2500" in out
     assert "schema" not in out  # schemas are not user-facing options
+
+
+def help_groups(text: str) -> list[str]:
+    """The config groups a --help lists."""
+    section = text.split("== Configuration groups ==\n", 1)[1].split("== Config ==", 1)[0]
+    return [line.split(":", 1)[0] for line in section.splitlines()[1:] if ":" in line]
+
+
+@pytest.mark.parametrize("command,groups", [
+    ("sample", ["dataset", "paths", "sampler", "schedule"]),
+    ("eval", ["dataset", "paths", "sampler", "schedule"]),
+    ("export", ["paths"]),
+])
+def test_each_command_help_lists_only_the_groups_it_composes(diffctl, command, groups):
+    out = diffctl(command, "--help").stdout
+    assert help_groups(out) == groups
+    assert "trainer" not in out and "optim" not in out and "experiment" not in out and "\nloss:" not in out
+    assert "diffctl train" not in out  # the footer's examples: this command's own
+    if command == "sample":
+        assert "sampler: ddim, ddpm" in out and "\nsampler:\n  name: ddim" in out and "diffctl sample ckpt=latest" in out
+
+
+def test_help_shows_the_config_its_overrides_compose(diffctl):
+    for args in (["experiment=ddpm_cifar10", "--help"], ["--help", "experiment=ddpm_cifar10"]):  # overrides before or after
+        out = diffctl("train", *args).stdout
+        assert "\ntrainer:\n  steps: 800000" in out and "experiment" in help_groups(out), out
+    refused = diffctl("train", "--help", "schedule=nope", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "diffctl train: error: In 'train': Could not find 'schedule/nope'; available options in 'schedule': "
+        + ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "schedule").glob("*.yaml")))]
 
 
 def test_cfg_job_prints_the_composed_config(diffctl):
@@ -349,7 +380,18 @@ def test_local_parallel_sweep_through_the_joblib_launcher(diffctl):
     for job, schedule in (("0", "linear"), ("1", "cosine")):
         assert (sweep / job / "checkpoints" / "step_00000004.pt").exists()
         assert f"name: {schedule}" in (sweep / job / "config.yaml").read_text()
+        cores = os.cpu_count()  # each of the 2 jobs at once gets half the cores, not torch's default of all of them
+        assert f"{max(1, cores // 2)} CPU thread" in (sweep / job / "train.log").read_text()
+        assert f"(the {cores} cores shared by 2 parallel sweep jobs)" in (sweep / job / "train.log").read_text()
     assert "Joblib" in proc.stdout + proc.stderr
+
+
+def test_threads_sets_torchs_cpu_threads_and_the_log_says_so(diffctl):
+    # a child process (torch's default: one thread per core) asked for 1 thread; the log reads the value back from torch
+    proc = diffctl("sample", "ckpt=oracle", "dataset=gmm", "num_samples=4", "steps=2", "threads=1")
+    assert "1 CPU thread (threads=1)" in (run_folder(proc) / "sample.log").read_text()
+    proc = diffctl("sample", "ckpt=oracle", "dataset=gmm", "num_samples=4", "steps=2")
+    assert "(torch's default; set threads=N when other work shares the machine)" in (run_folder(proc) / "sample.log").read_text()
 
 
 @pytest.mark.slow
