@@ -198,14 +198,14 @@ def generate(
     batch_size: int = 256,
     device: torch.device = torch.device("cpu"),
     bounded: bool = False,
-    on_step: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable[..., None]] = None,
     cond: Optional[Conditioning] = None,
 ) -> Generated:
     """Sample ``num_samples`` items of ``shape`` with the denoiser D(x, sigma) on a schedule.
 
     ``sampler_cfg``: a sampler config group (name, spacing, rho, clip and the sampler's options).
     ``bounded``: the data lies in [-1, 1] (pixel data), so ``sampler.clip=null`` clamps x0_hat.
-    ``on_step()`` is called after every sampler step of every batch.  Image i depends only on
+    ``on_step(i, sigma, x, x0_hat)`` is called after every sampler step of every batch (the sampler's state x).  Image i depends only on
     ``seed + i``, not on the batch size.
     """
     t0 = time.perf_counter()
@@ -217,7 +217,7 @@ def generate(
                     sigmas[0].item(), sigmas[1].item())
     clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
     repainting = cond is not None and cond.resample > 1
-    callback = (lambda *a: on_step()) if on_step else None
+    callback = on_step
     out, calls = [], 0  # calls: denoiser calls per image (every batch makes the same number)
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)

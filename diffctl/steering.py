@@ -215,7 +215,7 @@ def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, 
     with progress_bar(f"sampling {sampler_cfg.name} x{steps}", total) as advance:
         return generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
                         seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
-                        on_step=advance, cond=cond)
+                        on_step=lambda *state: advance(), cond=cond)
 
 
 def describe_guidance(g: dict) -> str:

@@ -1,8 +1,7 @@
 """Reverse trajectories: every state a sampler passes through, for the first few items of a ``generate`` call.
 
-``trajectories`` repeats what ``generation.generate`` does for items 0..count-1 (the same per-item noise,
-steering and clamping), recording the sampler's state after each step through the samplers' own
-``callback``; so the last state of trajectory i is generated item i.  ``save_sample_picture_1d`` draws them
+``trajectories`` runs ``generation.generate`` for items 0..count-1 and records the sampler's state after each
+step (``on_step``), so the last state of trajectory i is generated item i.  ``save_sample_picture_1d`` draws them
 over the forward density of 1-D data (``diffctl sample`` on dataset=gmm1d).
 """
 
@@ -14,9 +13,8 @@ from typing import Callable, Optional
 import torch
 from omegaconf import DictConfig
 
-from .core.samplers import SAMPLERS
 from .core.schedules import sampling_sigmas
-from .generation import Conditioning, PerImageNoise, clamp_x0
+from .generation import Conditioning, PerImageNoise, generate
 
 
 @torch.no_grad()
@@ -26,13 +24,9 @@ def trajectories(denoise: Callable, alpha_bar: torch.Tensor, sampler_cfg: DictCo
     """(sigmas ``[S + 1]``, states ``[S + 1, count, ...]``): the start x = sigma_0 z and the state after each of the S steps
     of items 0..count-1, in the samplers' scaled variable x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps (states[-1]: the samples)."""
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)
-    noise = PerImageNoise(seed, 0, count, shape, device)
-    x = noise() * sigmas[0]
-    steered = cond.steer(denoise, 0, count, noise) if cond is not None else denoise
-    clip = bounded if sampler_cfg.clip is None else sampler_cfg.clip
-    states = [x.clone()]
-    SAMPLERS.build(sampler_cfg, clamp_x0(steered) if clip else steered, x, sigmas, noise=noise,
-                   callback=lambda i, sigma, x_, x0: states.append(x_.clone()))
+    states = [PerImageNoise(seed, 0, count, shape, device)() * sigmas[0]]  # where generate starts item i
+    generate(denoise, alpha_bar, sampler_cfg, steps, count, shape, seed=seed, batch_size=count, device=device, bounded=bounded, cond=cond,
+             on_step=lambda i, sigma, x, x0: states.append(x.clone()))
     return sigmas.cpu(), torch.stack(states).float().cpu()
 
 
