@@ -229,6 +229,9 @@ def run_command(command: str, args: list[str]) -> int:
         sys.argv = [f"diffctl {command}", *args]
         hydra_app(command)()
         return 0
+    except BrokenPipeError:  # the reader of our output went away (diffctl sample --help | head): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return 0
     except Exception as e:
         if not isinstance(e, _user_errors()) and not _from_plugin(e):
             raise  # a bug: its traceback is what a report needs

@@ -52,6 +52,14 @@ def test_each_command_help_lists_only_the_groups_it_composes(diffctl, command, g
         assert "sampler: ddim, ddpm" in out and "\nsampler:\n  name: ddim" in out and "diffctl sample ckpt=latest" in out
 
 
+def test_help_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    # `diffctl sample --help | head -1`: head closes the pipe after one line; before, the rest of the help failed with
+    # "diffctl sample: error: [Errno 32] Broken pipe" on stderr
+    proc = subprocess.run(f"{sys.executable} -m diffctl sample --help | head -1", shell=True, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, env={**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs")})
+    assert proc.stdout.startswith("diffctl sample") and proc.stderr == "", proc.stderr
+
+
 def test_help_shows_the_config_its_overrides_compose(diffctl):
     for args in (["experiment=ddpm_cifar10", "--help"], ["--help", "experiment=ddpm_cifar10"]):  # overrides before or after
         out = diffctl("train", *args).stdout
