@@ -273,9 +273,10 @@ def _compose(loader, config_name: str, overrides: list[str], multirun: bool):
 
 
 # --- the schemas, cached --------------------------------------------------------------------------
-def _cache_file() -> Path:
-    """The cache file of this diffctl: its name hashes the version, the interpreter and every source file's
-    size and time, so an edit or an upgrade makes a new one."""
+def _cache_file() -> tuple[Path, str]:
+    """(the cache file of this installation, the key of its current code): one file per interpreter and package folder,
+    rewritten in place when the key (the version and every source file's size and time) changes, so an edit or an
+    upgrade remakes it and no other installation's file is ever touched."""
     from . import __version__
 
     package = Path(__file__).resolve().parent
@@ -283,8 +284,9 @@ def _cache_file() -> Path:
     for path in sorted(package.rglob("*.py")):
         stat = path.stat()
         digest.update(f"\0{path.relative_to(package)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    install = hashlib.sha1(f"{sys.prefix}\0{package}".encode()).hexdigest()[:16]
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffctl"
-    return root / f"completion-schemas-{digest.hexdigest()[:16]}.json"
+    return root / f"completion-schemas-{install}.json", digest.hexdigest()
 
 
 def schema_nodes() -> dict[str, Any]:
@@ -292,9 +294,11 @@ def schema_nodes() -> dict[str, Any]:
     when it is current; otherwise made (importing torch) and cached."""
     path: Optional[Path] = None
     try:
-        path = _cache_file()
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        path, key = _cache_file()
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["nodes"]
+    except (OSError, ValueError, AttributeError, KeyError):
         pass
     from omegaconf import OmegaConf
 
@@ -304,12 +308,9 @@ def schema_nodes() -> dict[str, Any]:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(nodes, default=str))
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # this process's own file, renamed over the old cache at once
+            tmp.write_text(json.dumps({"key": key, "nodes": nodes}, default=str))
             os.replace(tmp, path)
-            for old in path.parent.glob("completion-schemas-*.json"):  # those of earlier versions
-                if old != path:
-                    old.unlink(missing_ok=True)
         except OSError:
             pass  # a read-only home: completion still works, each time at torch's cost
     return nodes

@@ -56,6 +56,15 @@ def test_the_schema_cache_is_made_once_and_a_tab_press_imports_no_torch(shell_en
     assert "hydra" in imported and "diffctl.completion" in imported  # importtime did report
     assert not {"torch", "numpy", "diffctl.config"} & imported, sorted(imported)
     print(f"cold (makes the cache, imports torch): {cold_s:.2f} s; warm: {warm_s:.2f} s (with -X importtime)")
+    # code that changed since (a stale key) remakes this installation's file in place; another installation's is left alone
+    (mine,) = cache.glob("completion-schemas-*.json")
+    other = cache / "completion-schemas-0000000000000000.json"
+    other.write_text('{"key": "another install", "nodes": {}}')
+    mine.write_text(mine.read_text().replace('"key": "', '"key": "stale', 1))
+    stale = complete(shell_env, "train", "trainer.st", flags=("-X", "importtime"))
+    assert stale.stdout.split() == ["trainer.steps="] and "torch" in stale.stderr  # remade, at torch's cost
+    assert '"key": "stale' not in mine.read_text() and other.read_text() == '{"key": "another install", "nodes": {}}'
+    assert sorted(cache.iterdir()) == sorted([mine, other])  # nothing deleted, no temporary file left
 
 
 @pytest.mark.parametrize("words,expected", [

@@ -36,10 +36,9 @@ class EpochOrder:
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             perm = epoch_permutation(self.seed, epoch, self.n)
-            if self.device.type == "cuda":  # one copy per epoch, without the host waiting for the device
-                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            cuda = self.device.type == "cuda"  # one copy per epoch, without the host waiting for the device
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # the previous epoch's, for a batch across the boundary
-            self._perms[epoch] = perm.to(self.device)
+            self._perms[epoch] = (perm.pin_memory() if cuda else perm).to(self.device, non_blocking=cuda)
         return self._perms[epoch]
 
     def __call__(self, step: int, batch: int) -> torch.Tensor:
