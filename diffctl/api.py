@@ -35,6 +35,7 @@ def _compose(command: str, overrides: Sequence[str]) -> DictConfig:
 
     GlobalHydra.instance().clear()
     register_schemas()
+    _check_overrides(overrides)
     try:
         with initialize_config_module("diffctl.configs", version_base="1.3"):
             cfg = compose(command, overrides=quote_overrides(list(overrides)))
@@ -44,6 +45,12 @@ def _compose(command: str, overrides: Sequence[str]) -> DictConfig:
 
         raise UsageError(_one_line(e)) from None
     return cfg
+
+
+def _check_overrides(overrides) -> None:
+    """Overrides are strings ``key=value``, given as a list (a lone string would be read character by character)."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+        raise UsageError(f"overrides must be a list of strings such as ['trainer.steps=100']; got {overrides!r:.80}")
 
 
 def _value(v) -> str:
@@ -57,16 +64,40 @@ def _value(v) -> str:
     return "null" if v is None else str(v)
 
 
+SOURCE_KEYS = ("ckpt", "ema", "device", "dataset", "schedule", "paths")  # the sample options that choose the model itself
+
+
+def _listed(overrides) -> list:
+    _check_overrides(overrides)
+    return list(overrides)
+
+
 class Run:
     """A trained model (or the exact oracle) to sample from and look into; made by ``diffctl.load``."""
 
     def __init__(self, ckpt: str, overrides: Sequence[str], device: str):
+        _check_overrides(overrides)
+        self._base = [f"ckpt={_value(ckpt)}", f"device={device}", *overrides]
+        self._sources = {}
+        self.device, self.source = self._source(_compose("sample", self._base))
+
+    @staticmethod
+    def _loads(cfg: DictConfig) -> str:
+        """What decides the model a sample config loads (checkpoint, weights, device, the oracle's data, the output root)."""
+        from omegaconf import OmegaConf
+
+        return repr([OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k) for k in SOURCE_KEYS])
+
+    def _source(self, cfg: DictConfig):
+        """(device, source) of ``cfg``: the run's own, or the one its overrides ask for (``ckpt=``, ``ema=false``, ...),
+        loaded once."""
         from .runtime import load_source, resolve_device
 
-        self._base = [f"ckpt={ckpt}", f"device={device}", *overrides]
-        cfg = _compose("sample", self._base)
-        self.device = resolve_device(cfg.device)
-        self.source = load_source(cfg, self.device)
+        key = self._loads(cfg)
+        if key not in self._sources:
+            device = resolve_device(cfg.device)
+            self._sources[key] = device, load_source(cfg, device)
+        return self._sources[key]
 
     @property
     def denoiser(self):
@@ -101,20 +132,22 @@ class Run:
 
     def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50, classes=None, prompts=None, guidance: float = 1.0, seed: int = 0,
                batch_size: int = 256, overrides: Sequence[str] = ()) -> torch.Tensor:
-        """``n`` samples ``[n, ...]`` (float32, CPU), as ``diffctl sample`` makes them: image i depends only on seed + i.
+        """``n`` samples ``[n, ...]`` (float32, CPU; a latent model's decoded to pixels), as ``diffctl sample`` makes them: image i
+        depends only on seed + i.
 
         ``classes``: ``"all"``, a class or a list of them (a class-conditional model, or with
         ``overrides=["guidance.classifier=<run>"]``); ``prompts``: a text-conditioned model's prompt, a list of them
         (cycled over the images), or ``"train"`` / ``"heldout"``; ``guidance``: classifier-free guidance scale w;
         ``overrides``: any other sample option, e.g. ``["sampler.spacing=karras", "sampler.eta=1"]``.
         """
-        from .steering import generate_from_config
+        from .steering import generate_from_config, pixels_of
 
         cfg = _compose("sample", [*self._base, f"sampler={sampler}", f"steps={steps}", f"num_samples={n}", f"seed={seed}",
                                   f"batch_size={batch_size}", f"classes={_value(classes)}", f"guidance.scale={guidance}",
                                   *([f"prompts={_value(prompts)}" if prompts in ("train", "heldout") or not isinstance(prompts, str)
-                                     else f"prompt={_value(prompts)}"] if prompts is not None else []), *overrides])
-        return generate_from_config(self.source, cfg, self.device, cfg.steps).samples
+                                     else f"prompt={_value(prompts)}"] if prompts is not None else []), *_listed(overrides)])
+        device, source = self._source(cfg)  # overrides such as ckpt= or ema=false sample another model than this Run's
+        return pixels_of(source, generate_from_config(source, cfg, device, cfg.steps))  # a latent model's decoded, as diffctl sample's
 
     def __repr__(self) -> str:
         return f"Run({self.source.describe()})"
@@ -132,7 +165,7 @@ def _run(command: str, args: Sequence[str]) -> Path:
     from .cli import LAST_RUNS, run_command
 
     LAST_RUNS.clear()
-    code = run_command(command, list(args))
+    code = run_command(command, _listed(args))
     if code or not LAST_RUNS:
         raise UsageError(f"diffctl {command} {' '.join(args)} failed (exit {code}); its message is above")
     return LAST_RUNS[-1]
@@ -158,9 +191,17 @@ class schedules:
 
     @staticmethod
     def get(name: str, timesteps: int = 1000, zero_terminal_snr: bool = False, **constants) -> torch.Tensor:
-        from .core.schedules import make_alpha_bar
+        from .core.schedules import SCHEDULES, make_alpha_bar
+        from .validation import UPPER
 
-        return make_alpha_bar(name, timesteps, zero_terminal_snr, **constants)
+        if name not in SCHEDULES.names():
+            raise UsageError(f"unknown schedule {name!r}; choose from: {', '.join(SCHEDULES.names())}")
+        if not isinstance(timesteps, int) or isinstance(timesteps, bool) or not 2 <= timesteps <= UPPER["schedule.timesteps"]:
+            raise UsageError(f"timesteps={timesteps!r}: give an integer in [2, {UPPER['schedule.timesteps']}]")
+        try:
+            return make_alpha_bar(name, timesteps, zero_terminal_snr, **constants)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"schedule {name!r}: {e}") from None
 
     @staticmethod
     def names() -> tuple:

@@ -21,7 +21,7 @@ from typing import Callable
 import typer
 
 from . import __version__
-from .overrides import other_rank_overrides, override_key, quote_overrides, resume_run_dir
+from .overrides import other_rank_overrides, override_key, quote_overrides, refuse_occupied_output_dir, resume_run_dir
 
 # name -> (primary config, one-line help). Names never change once released.
 COMMANDS = {
@@ -40,7 +40,7 @@ def _runner(command: str) -> Callable:
     elif command == "sample":
         from .sample import run_sample as fn
     elif command == "eval":
-        from .evaluate import run_eval as fn
+        from .evaluation import run_eval as fn
     elif command == "export":
         from .export import run_export as fn
     else:
@@ -92,6 +92,8 @@ def hydra_app(command: str) -> Callable[[], None]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if command == "train" and _rank() == 0:  # one process trains in a run folder at a time
                     held.enter_context(RunLock(run_dir))
+                if command != "train":  # train stops at a step boundary with a checkpoint (resume.StopOnSignal)
+                    held.enter_context(_terminate_as_interrupt())
                 if fresh:
                     save_config(run_dir, cfg)
                 summary = _runner(command)(cfg, run_dir) or {}
@@ -115,6 +117,30 @@ def hydra_app(command: str) -> Callable[[], None]:
     return app
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs, SIGTERM and SIGHUP stop it as Ctrl-C does (``errors.Terminated``), so that its run folder is
+    marked FAILED (or removed, when it holds nothing) instead of the process vanishing mid-write."""
+    import signal
+    import threading
+
+    from .errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Terminated(signum)
+
+    saved = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
 def _rank() -> int:
     """This process's rank in a torchrun job (0 otherwise)."""
     return int(os.environ.get("RANK", 0))
@@ -134,7 +160,7 @@ def _discard_run_dir(run_dir: Path, command: str, err: BaseException | None) -> 
         shutil.rmtree(run_dir, ignore_errors=True)
         remove_made_parents(run_dir)
     elif err is not None:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _one_line(err) or type(err).__name__
+        reason = "interrupted" if type(err) is KeyboardInterrupt else _one_line(err) or type(err).__name__
         (run_dir / "FAILED").write_text(f"diffctl {command} failed: {reason}\n")
 
 
@@ -224,6 +250,7 @@ def run_command(command: str, args: list[str]) -> int:
 
         forget_run_dirs()  # each command creates (and owns) its own run folder
         args = quote_overrides(args)
+        refuse_occupied_output_dir(command, args)
         if command == "train":
             args = resume_run_dir(args) + other_rank_overrides()
         sys.argv = [f"diffctl {command}", *args]
@@ -241,7 +268,14 @@ def run_command(command: str, args: list[str]) -> int:
             _fail(command, e)
         except SystemExit as exit_:
             return int(exit_.code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .errors import Terminated
+
+        if isinstance(e, Terminated):
+            import signal
+
+            print(f"diffctl {command}: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+            return 128 + e.signum
         print(f"diffctl {command}: interrupted", file=sys.stderr)
         return 130
     except SystemExit as exit_:  # a job's one-line failure or a stop on request, already reported

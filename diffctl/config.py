@@ -258,6 +258,7 @@ class ExportConfig:
     ckpt: str = "latest"  # checkpoint file | run folder | latest
     ema: bool = True  # export the EMA weights (false: the raw ones)
     format: str = "safetensors"  # model.safetensors + diffctl.json | diffusers: a DDPMPipeline folder (model=diffusers_unet runs)
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (the cores); lower it when other work shares the machine
 
 
 @dataclass
@@ -270,6 +271,7 @@ class InspectConfig:
     steps: int = 50
     rows: int = 10  # table rows, evenly spaced in t
     image_index: int = 0  # which test image the strip noises
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (the cores); lower it when other work shares the machine
 
 
 def _schemas() -> dict:

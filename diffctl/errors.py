@@ -13,3 +13,12 @@ class Interrupted(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) received by a command that has no state to save (sample, eval, export, inspect-schedule): it
+    stops as after Ctrl-C, its run folder marked FAILED when it holds anything, and exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum

@@ -33,10 +33,13 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
 
         model = state["config"].get("model", {})
         if model.get("arch") != "diffusers_unet" or model.get("sigma_data", 1.0) != 1.0:
-            raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet (and model.sigma_data=1); "
+            raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet (with its preset's model.sigma_data=1); "
                              f"{ckpt} is a model.arch={model.get('arch')} run")
         trained = load_trained(ckpt, torch.device("cpu"), ema=cfg.ema)
-        save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction)
+        try:
+            save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction)
+        except OSError as e:
+            raise UsageError(f"diffctl export: could not write the diffusers folder {run_dir}: {e.strerror or e} (disk full or quota?)") from None
         written = [run_dir / "unet", run_dir / "scheduler", run_dir / "model_index.json"]
     written += save_export(run_dir, state, cfg.ema, weights_elsewhere=" (unet/)" if written else "")
     log.info("exported %s (step %d, %s weights) as %s; sample it with: diffctl sample ckpt=%s", ckpt, state["step"],

@@ -15,6 +15,7 @@ loss on the autoencoder's latents instead of the pixels:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,23 +77,39 @@ class LatentSpace:
 
 def load_autoencoder(path: Path, device: torch.device) -> KLAutoencoder:
     """The EMA weights of a ``task=autoencoder`` checkpoint, in eval mode on ``device``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .models.sizing import check_matches
+    from .validation import check_values
+
     state = load_checkpoint(path)
     require(state, path, TRAINED)
     cfg = inert_config(state["config"])
     if cfg.get("task") != "autoencoder":
         raise UsageError(f"latent.autoencoder={path} is not an autoencoder (task={cfg.get('task', 'diffusion')}): train one with "
                          f"'diffctl train task=autoencoder'")
-    ae_cfg = OmegaConf.merge(OmegaConf.structured(option_schema("autoencoder", cfg.autoencoder.name)), cfg.autoencoder)
-    net = AUTOENCODERS.build(ae_cfg, tuple(state["data_shape"]))
-    net.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    try:
+        check_values(cfg)  # sizes within range before anything is built
+        ae_cfg = OmegaConf.merge(OmegaConf.structured(option_schema("autoencoder", cfg.autoencoder.name)), cfg.autoencoder)
+        build = lambda: AUTOENCODERS.build(ae_cfg, tuple(state["data_shape"]))  # noqa: E731
+        check_matches(build, weights, f"latent.autoencoder={path}")
+        net = build()
+    except (OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"latent.autoencoder={path}: malformed autoencoder checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    net.load_state_dict(weights)
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UsageError(f"latent.autoencoder={path}: its weights are not finite ({bad} holds NaN or inf); use an earlier checkpoint of that run")
     return net.to(device).eval().requires_grad_(False)
 
 
 def latent_space(spec: str, output_root: Path, device: torch.device, data) -> LatentSpace:
-    """``latent.autoencoder=<spec>`` for training on ``data``: the autoencoder's space, its scale still 1."""
+    """``latent.autoencoder=<spec>`` for training on ``data``: the autoencoder's space, its scale still 1.  Its path is
+    stored absolute, so the run finds it from any working directory."""
     from .io.rundir import resolve_checkpoint
 
-    path = resolve_checkpoint(spec, output_root, key="latent.autoencoder", task="autoencoder")
+    path = resolve_checkpoint(spec, output_root, key="latent.autoencoder", task="autoencoder").resolve()
     ae = load_autoencoder(path, device)
     if tuple(data.shape) != tuple(ae.data_shape):
         raise UsageError(f"latent.autoencoder={path} was trained on images of shape {list(ae.data_shape)}; dataset={data.name} has "
@@ -100,21 +117,49 @@ def latent_space(spec: str, output_root: Path, device: torch.device, data) -> La
     return LatentSpace(ae, str(path), file_sha256(path), 1.0, tuple(data.shape))
 
 
+def _read_cache(cache: Path, space: LatentSpace, data, shape: tuple):
+    """(train, test) latents of a cache file when it is the one ``space`` makes of ``data`` (its autoencoder's hash, the
+    data's fingerprint, float32 tensors of the latent shape, one per image); None, saying why, for any other file."""
+    from .io.files import read_bytes
+
+    try:
+        stored = torch.load(io.BytesIO(read_bytes(cache, "latent cache", 1 << 40)), map_location="cpu", weights_only=True)
+        if not isinstance(stored, dict):
+            raise ValueError("not a dict")
+        train, test = stored.get("train"), stored.get("test")
+        if stored.get("sha256") != space.sha256 or stored.get("fingerprint") != data.fingerprint:
+            raise ValueError("made by another autoencoder or of other data")
+        for name, x, n in (("train", train, len(data.train)), ("test", test, len(data.test))):
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or tuple(x.shape) != (n, *shape):
+                raise ValueError(f"its {name} latents are not {n} float32 tensors of shape {list(shape)}")
+        return train, test
+    except Exception as e:  # torch's, the unpickler's, ours: any reason means the same thing, encode again
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        log.warning("latent cache %s is not usable (%s): encoding the dataset again", cache, detail)
+        return None
+
+
 def latent_dataset(space: LatentSpace, data, cache_dir: Path, measure_scale: bool = False):
     """``data`` seen through ``space``: its splits encoded (cached under ``cache_dir`` by the autoencoder's hash and the
-    data's fingerprint) and scaled; ``measure_scale`` first sets the space's scale to 1 / the train latents' std."""
+    data's fingerprint) and scaled; ``measure_scale`` first sets the space's scale to 1 / the train latents' std.  A cache
+    that is unreadable or not this autoencoder's is encoded again; one that cannot be written is only reported."""
+    from .io.files import write_atomic
+
     cache = Path(cache_dir) / f"latents_{space.sha256[:16]}_{data.fingerprint}.pt"
-    if cache.exists():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
-        train, test = stored["train"], stored["test"]
+    stored = _read_cache(cache, space, data, tuple(space.autoencoder.latent_shape)) if cache.exists() else None
+    if stored is not None:
+        train, test = stored
     else:
         scale, space.scale = space.scale, 1.0
         train, test = space.encode(data.train), space.encode(data.test)  # unscaled
         space.scale = scale
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"train": train, "test": test}, tmp)
-        tmp.replace(cache)
+        buffer = io.BytesIO()
+        torch.save({"train": train, "test": test, "sha256": space.sha256, "fingerprint": data.fingerprint}, buffer)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, buffer.getvalue(), "latent cache")  # a name of its own per process: two runs may build it at once
+        except (UsageError, OSError) as e:
+            log.warning("%s; training goes on without the cache", e)
     if measure_scale:
         space.scale = float(1 / train.std())
         log.info("latent space of %s: latents %s, scale %.5f (1 / their std on the train split)", space.path, list(train.shape[1:]), space.scale)
@@ -123,6 +168,10 @@ def latent_dataset(space: LatentSpace, data, cache_dir: Path, measure_scale: boo
 
 def space_of(record: dict, device: torch.device) -> LatentSpace:
     """The latent space a latent model's checkpoint names (``LatentSpace.record``): its autoencoder, checked unchanged."""
+    kinds = {"autoencoder": str, "sha256": str, "scale": (int, float), "pixel_shape": list}
+    bad = next((k for k, kind in kinds.items() if not isinstance(record.get(k), kind)), None) if isinstance(record, dict) else "latent"
+    if bad is not None or not 0 < float(record["scale"]) < 1e6:
+        raise UsageError(f"malformed latent record in this model's checkpoint ({bad or 'scale'!r} missing or of the wrong type)")
     path = Path(record["autoencoder"])
     if not path.is_file():
         raise UsageError(f"this latent model decodes through the autoencoder {path}, which is not there any more (moved or deleted); "

@@ -49,6 +49,29 @@ def resume_run_dir(args: list[str]) -> list[str]:
     return [*saved, *args, f"hydra.run.dir={_quote(str(path))}", "hydra.output_subdir=null"]  # its .hydra/ is rewritten only if the run goes on
 
 
+def refuse_occupied_output_dir(command: str, args: list[str]) -> None:
+    """``hydra.run.dir=`` / ``hydra.sweep.dir=`` naming a folder that holds files: refused before Hydra writes anything there
+    (its own ``.hydra/`` and log would replace the folder's), since a command writes only into a folder it creates or an
+    empty one.  The one exception is ``diffctl train resume=<run>`` into that run's own folder."""
+    from .errors import UsageError
+    from .io.rundir import CKPT_DIR
+
+    resumed = [Path(_unquote(a.split("=", 1)[1])).expanduser() for a in args if a.startswith("resume=")]
+    resumed = [p.parent.parent if p.is_file() and p.parent.name == CKPT_DIR else p for p in resumed]
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
+            continue
+        folder = Path(_unquote(value)).expanduser()
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            continue
+        if command == "train" and key.endswith("run.dir") and any(r.is_dir() and r.resolve() == folder.resolve() for r in resumed[-1:]):
+            continue
+        what = "is not a folder" if not folder.is_dir() else "holds files"
+        raise UsageError(f"{key.lstrip('+')}={value}: {folder} {what}; diffctl {command} writes only into a folder it creates (or an empty "
+                         f"one), so nothing of yours is replaced: give a new folder, or leave {key.lstrip('+')} out")
+
+
 def _quote(value: str) -> str:
     """A value as Hydra's override grammar reads it back unchanged: quoted when it holds characters the
     grammar does not take unquoted (non-ASCII letters, spaces)."""

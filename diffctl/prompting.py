@@ -18,7 +18,8 @@ for sampling, and writes the record a checkpoint keeps to rebuild it (``state["c
 
 from __future__ import annotations
 
-import re
+import logging
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,7 @@ from .core.registry import Registry
 from .errors import UsageError
 from .models.context import BOS, PAD, ClassTokens, FrozenCLIP, TextEncoder
 
+log = logging.getLogger("diffctl.prompting")
 CONDS = Registry("cond")
 PROMPT_SETS = ("train", "heldout")  # prompts=train | heldout: the templated captions of that set
 
@@ -45,9 +47,49 @@ NAME_TEMPLATES = (("a photo of a {w}", "the {w}", "a picture of a {w}"), ("a pic
 CLASS_TEMPLATES = (("class {n}", "an item of class {n}"), ("an item of the class {n}", "the class {n}"))
 
 
+def _kind(ch: str) -> str:
+    """How the normaliser treats a character: ``w`` part of a word (a letter, mark or number of any script), ``1`` a word
+    of its own (an ideograph or kana, which their scripts write without spaces, and symbols such as emoji), ``-`` a hyphen,
+    ``.`` a separator (white space, punctuation, control characters), which is dropped."""
+    cat = unicodedata.category(ch)
+    if cat[0] in "LMN":
+        name = unicodedata.name(ch, "")
+        return "1" if name.startswith(("CJK UNIFIED", "CJK COMPATIBILITY IDEOGRAPH", "HIRAGANA", "KATAKANA")) else "w"
+    if ch == "-":
+        return "-"
+    return "1" if cat[0] == "S" else "."
+
+
+def normal_words(text: str) -> tuple[list[str], str]:
+    """The one normal form of captions and prompts: (words, dropped).  ``text`` is NFKC-normalised and case-folded; its
+    words are runs of letters, marks and numbers of any script (hyphens inside a word kept), each ideograph, kana or symbol
+    (an emoji) a word of its own; white space, punctuation and control characters separate them and are dropped
+    (``dropped``: those other than white space, in order of appearance, once each)."""
+    text = unicodedata.normalize("NFKC", str(text)).casefold()
+    out, word, dropped = [], "", {}
+    for i, ch in enumerate(text):
+        kind = _kind(ch)
+        if kind == "w":
+            word += ch
+            continue
+        if kind == "-" and word and i + 1 < len(text) and _kind(text[i + 1]) == "w":
+            word += ch
+            continue
+        if word:
+            out.append(word)
+            word = ""
+        if kind == "1":
+            out.append(ch)
+        elif not ch.isspace():
+            dropped[ch] = None
+    if word:
+        out.append(word)
+    return out, "".join(dropped)
+
+
 def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` (letters and digits, hyphens inside a word kept): its normal form."""
-    return re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", text.lower())
+    """The words of ``text`` in normal form (``normal_words``)."""
+    return normal_words(text)[0]
 
 
 def templated_captions(dataset: str, num_classes: int) -> dict:
@@ -153,7 +195,8 @@ class PromptCond(Cond):
         self.num_classes = 0 if self.per_image else len(self.captions["train"])  # classes that classes= may ask for
         self._tables = {}
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str], stored: bool = False) -> torch.Tensor:
+        """Token ids of ``prompts`` (``stored``: the dataset's own captions, not a user's prompts)."""
         raise NotImplementedError
 
     def record(self) -> dict:
@@ -173,7 +216,7 @@ class PromptCond(Cond):
         """The token ids of every caption of ``part``, ``[K, P, L]``, on ``device`` (encoded once)."""
         key = (part, str(device))
         if key not in self._tables:
-            self._tables[key] = torch.stack([self.encode(caps) for caps in self.captions[part]]).to(device)
+            self._tables[key] = torch.stack([self.encode(caps, stored=True) for caps in self.captions[part]]).to(device)
         return self._tables[key]
 
     def draw(self, x0, y, drop, g, index=None, train=True):
@@ -197,7 +240,16 @@ class TextCond(PromptCond):
         if record:
             self.vocab = list(record["vocab"])
         else:
-            seen = dict.fromkeys(w for caps in self.captions["train"] for c in caps for w in words(c))
+            captions = [c for caps in self.captions["train"] for c in caps]
+            empty = [c for c in captions if not words(c)]
+            if len(empty) == len(captions):
+                raise UsageError(f"cond=text: none of the {len(captions)} training captions has a word (e.g. {captions[0][:40]!r}): "
+                                 "the model would be unconditional")
+            dropped = "".join(dict.fromkeys("".join(normal_words(c)[1] for c in captions)))
+            if empty or dropped:
+                log.warning("cond=text: captions are read as words of letters, numbers and symbols%s%s", f"; dropped: {dropped[:40]!r}" if dropped else "",
+                            f"; {len(empty)} of {len(captions)} captions have no word and train as the empty prompt (e.g. {empty[0][:40]!r})" if empty else "")
+            seen = dict.fromkeys(w for c in captions for w in words(c))
             self.vocab = ["<pad>", "<bos>", *seen]
             longest = max(len(words(c)) for caps in self.captions["train"] for c in caps)
             if longest > max_words:
@@ -206,16 +258,23 @@ class TextCond(PromptCond):
         self.layers, self.heads, self.max_words, self.unknown_words = layers, heads, max_words, unknown_words
         self.null = self.encode([""])[0]
 
-    def encode(self, prompts):
+    def encode(self, prompts, stored: bool = False):
+        """Token ids ``[N, max_words + 1]`` of ``prompts``: a user's (a word the model has not seen is refused, or left out with
+        ``unknown_words=skip``; a prompt with no word at all is refused) or, with ``stored``, the dataset's own captions
+        (a test caption's unseen words are left out: the model cannot know them)."""
         out = torch.full((len(prompts), self.max_words + 1), PAD, dtype=torch.long)
         for i, p in enumerate(prompts):
-            ws = words(p)
+            ws, dropped = normal_words(p)
+            if not ws and dropped and not stored:
+                raise UsageError(f"prompt {p!r} has no words ({dropped[:20]!r} are not read); give words, or prompt='' for the unconditional model")
             unknown = [w for w in ws if w not in self.index]
-            if unknown and self.unknown_words == "error":
+            if unknown and self.unknown_words == "error" and not stored:
                 raise UsageError(f"prompt {p!r}: {', '.join(repr(w) for w in dict.fromkeys(unknown))} not in this model's vocabulary "
                                  f"of {len(self.vocab) - 2} words ({', '.join(self.vocab[2:])}); it was trained with cond.unknown_words=error "
                                  "(cond.unknown_words=skip leaves such words out)")
             ids = [BOS] + [self.index[w] for w in ws if w in self.index]
+            if stored:
+                ids = ids[: self.max_words + 1]
             if len(ids) > self.max_words + 1:
                 raise UsageError(f"prompt {p!r} has {len(ids) - 1} words; this model reads at most cond.max_words={self.max_words}")
             out[i, :len(ids)] = torch.tensor(ids)
@@ -230,6 +289,12 @@ class TextCond(PromptCond):
 
 CLIP_FILES = {"config.json": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin"),
               "tokenizer": ("tokenizer.json", "vocab.json")}
+
+
+def _clip_model():
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel
 
 
 def check_clip_folder(path: str, recorded: bool = False) -> Path:
@@ -267,19 +332,35 @@ class ClipCond(PromptCond):
             from transformers.utils import logging as hf_logging
         except ImportError:
             raise UsageError("cond=clip needs Hugging Face transformers: pip install 'diffctl[clip]'") from None
+        from .io.files import read_json
+        from .models.sizing import check_fits_weights
+
         hf_logging.disable_progress_bar()
-        self.config = CLIPTextConfig.from_pretrained(self.path, local_files_only=True)
-        self.tokenizer = CLIPTokenizerFast.from_pretrained(self.path, local_files_only=True)
-        self.length = min(self.tokenizer.model_max_length, self.config.max_position_embeddings)
+        what = f"the CLIP folder {self.path}"
+        read_json(self.path / "config.json", what)  # bounded and a JSON object, before transformers reads it
+        try:
+            self.config = CLIPTextConfig.from_pretrained(self.path, local_files_only=True)
+            check_fits_weights(lambda: _clip_model()(self.config), [self.path / n for n in CLIP_FILES["weights"]], what)
+            self.tokenizer = CLIPTokenizerFast.from_pretrained(self.path, local_files_only=True)
+            self.length = min(int(self.tokenizer.model_max_length), int(self.config.max_position_embeddings))
+        except UsageError:
+            raise
+        except Exception as e:  # transformers' own errors on a foreign or broken folder
+            raise UsageError(f"cannot read {what}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}") from None
         self.null = self.encode([""])[0]
 
-    def encode(self, prompts):
+    def encode(self, prompts, stored=False):
         return self.tokenizer(list(prompts), padding="max_length", max_length=self.length, truncation=True, return_tensors="pt").input_ids
 
     def encoder(self, dim, pretrained=True):
-        from transformers import CLIPTextModel
-
-        clip = CLIPTextModel.from_pretrained(self.path, local_files_only=True) if pretrained else CLIPTextModel(self.config)
+        model = _clip_model()
+        if not pretrained:
+            return FrozenCLIP(model(self.config), dim)
+        try:
+            clip = model.from_pretrained(self.path, local_files_only=True, use_safetensors=(self.path / "model.safetensors").is_file() or None)
+        except Exception as e:  # a pickled .bin that the safe loader refuses, weights of another shape
+            raise UsageError(f"cannot load the CLIP text model in {self.path}: "
+                             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}") from None
         return FrozenCLIP(clip, dim)
 
     def record(self):

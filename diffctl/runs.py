@@ -3,57 +3,53 @@ curves and metrics side by side."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import yaml
 
+from .errors import UsageError
 from .io.checkpoint import list_checkpoints
+from .io.files import MAX_JSON_BYTES, json_lines, read_bytes, read_json
 from .io.rundir import CKPT_DIR, run_task
 
+PICTURE_FORMATS = (".png", ".pdf", ".svg")  # what diffctl compare --out writes
 IGNORED = ("hydra.", "paths.", "resume", "device")  # overrides that do not change what a run is
 
 
 def overrides(folder: Path) -> list[str]:
     """The command-line overrides a run was started with (Hydra's record), but those of paths and devices."""
     try:
-        items = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-    except (OSError, yaml.YAMLError):
+        items = yaml.safe_load(read_bytes(folder / ".hydra" / "overrides.yaml", "overrides", 1 << 20)) or []
+    except (UsageError, yaml.YAMLError, RecursionError):
         return []
-    return [str(o) for o in items if isinstance(o, str) and not o.lstrip("+~").startswith(IGNORED)]
+    return [str(o) for o in items if isinstance(o, str) and not o.lstrip("+~").startswith(IGNORED)] if isinstance(items, list) else []
 
 
 def _records(folder: Path) -> list[dict]:
+    """A run's metrics.jsonl records that have a step (a bad, torn or foreign line is skipped: a listing never fails)."""
     try:
-        lines = (folder / "metrics.jsonl").read_text(errors="replace").splitlines()
-    except OSError:
+        rows = json_lines(folder / "metrics.jsonl", "metrics.jsonl", 16 * MAX_JSON_BYTES)
+    except UsageError:
         return []
-    out = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+    return [r for _, r in rows if isinstance(r, dict) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)]
 
 
 def _metrics(folder: Path) -> dict:
     try:
-        report = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
+        return read_json(folder / "metrics.json", "metrics.json")
+    except UsageError:
         return {}
-    return report if isinstance(report, dict) else {}
 
 
 def _summary(report: dict) -> str:
     """``fd_ref 11.4, test_loss 0.136``: the headline numbers of an eval report."""
     parts = []
+    metrics = report.get("metrics")
     for name in ("fd_ref", "swd", "test_loss", "vlb", "fid"):
-        value = report.get("metrics", {}).get(name, {}).get("value")
-        if isinstance(value, (int, float)):
+        entry = metrics.get(name) if isinstance(metrics, dict) else None
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             parts.append(f"{name} {value:.4g}")
     return ", ".join(parts)
 
@@ -63,13 +59,19 @@ def _evaluations(folders: list[Path]) -> dict:
     evals = {}
     for folder in folders:
         report = _metrics(folder)
-        if isinstance(report.get("checkpoint"), str):
-            evals.setdefault(Path(report["checkpoint"]).parent.parent.resolve(), report)
+        if isinstance(report.get("checkpoint"), str) and "\0" not in report["checkpoint"]:
+            try:
+                evals.setdefault(Path(report["checkpoint"]).parent.parent.resolve(), report)
+            except (OSError, RuntimeError):  # a path in a loop of links
+                continue
     return evals
 
 
 def _row(folder: Path, root: Path, evals: dict) -> dict:
-    names = {p.name for p in folder.iterdir()}
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        names = set()
     holds = [k for k in ("FAILED", "samples", "grid.png", "metrics.json", "schedule.png", "model.safetensors") if k in names]
     command = folder.relative_to(root).parts[0] if folder.is_relative_to(root) else "?"
     if command == "train" and run_task(folder) != "diffusion":
@@ -77,15 +79,24 @@ def _row(folder: Path, root: Path, evals: dict) -> dict:
     ckpts = list_checkpoints(folder / CKPT_DIR)
     records = [r for r in _records(folder) if "event" not in r]
     last = lambda key: next((r[key] for r in reversed(records) if isinstance(r.get(key), (int, float))), None)
-    report = _metrics(folder) if command == "eval" else evals.get(folder.resolve(), {})
+    try:
+        report = _metrics(folder) if command == "eval" else evals.get(folder.resolve(), {})
+    except (OSError, RuntimeError):
+        report = {}
     return {"command": command, "folder": folder, "overrides": overrides(folder), "step": int(ckpts[-1].stem.split("_")[1]) if ckpts else None,
             "loss": last("loss"), "heldout": last("heldout_loss"), "eval": _summary(report), "holds": holds, "records": records}
 
 
 def run_folders(root: Path) -> list[Path]:
     """Every run folder under ``root`` (single runs and sweep jobs), newest first."""
-    found = (p.parent for p in Path(root).glob("*/**/config.yaml") if p.parent.name != ".hydra")
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    found = {}
+    for p in Path(root).glob("*/**/config.yaml"):
+        try:
+            if p.parent.name != ".hydra" and p.is_file():
+                found[p.parent] = p.stat().st_mtime
+        except OSError:  # a link in a loop, a file gone meanwhile
+            continue
+    return sorted(found, key=found.get, reverse=True)
 
 
 def describe(root: Path) -> list[dict]:
@@ -127,6 +138,12 @@ def compare(folders: list[Path], out: Path, root: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = Path(out)
+    out = out / "compare.png" if out.is_dir() else out if out.suffix else out.with_name(out.name + ".png")
+    if out.suffix.lower() not in PICTURE_FORMATS:
+        raise FileNotFoundError(f"--out {out}: a picture is written as {', '.join(PICTURE_FORMATS)}; give a file name ending in one of them")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")
     evals = _evaluations(run_folders(root))
     runs = []
     for folder in map(Path, folders):
@@ -155,7 +172,6 @@ def compare(folders: list[Path], out: Path, root: Path) -> Path:
               transform=bars.transAxes)
     fig.suptitle(f"{len(runs)} runs" + (f"; shared: {' '.join(sorted(shared))}" if shared else ""), fontsize=9)
     fig.tight_layout()
-    out = Path(out)
     fig.savefig(out)
     plt.close(fig)
     return out

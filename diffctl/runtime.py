@@ -85,6 +85,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
 
     from .config import option_schema
     from .io.checkpoint import TRAINED, inert_config, require
+    from .models.sizing import check_matches
     from .prompting import build_network, condition_of
     from .validation import check_values
 
@@ -107,12 +108,7 @@ def load_trained(path: Path, device: torch.device, ema: bool = True, task: str =
         classify = state["num_classes"] if task == "classifier" else 0
         key = "ema" if ema and state.get("ema") is not None else "model"
         cond = condition_of(cfg, data_shape, record=state.get("cond")) if task == "diffusion" else None
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_network(cfg.model, data_shape, cond, classify, pretrained=False).state_dict().items()}
-        stored = {k: tuple(v.shape) for k, v in state[key].items()}
-        if shapes != stored:
-            diff = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
-            raise UsageError(f"{path}: its weights do not match the model in its config (first difference: {diff[0]})")
+        check_matches(lambda: build_network(cfg.model, data_shape, cond, classify, pretrained=False), state[key], str(path))
         alpha_bar = schedule_alpha_bar(cfg.schedule)
         net = build_network(cfg.model, data_shape, cond, classify, pretrained=False)
     except (OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -212,22 +208,26 @@ def load_source(cfg: DictConfig, device: torch.device) -> Source:
 def _diffusers_source(cfg: DictConfig, folder: Path, device: torch.device) -> Source:
     """A diffusers pipeline folder: its UNet2DModel, scheduler and prediction type; the data it models comes from
     ``dataset=``, or from the diffctl.json of a diffctl export, and sampling alone needs none (8-bit pixels assumed)."""
-    import json
-
     from .data import Dataset, load_dataset
-    from .io.checkpoint import EXPORT_CONFIG, inert_config
+    from .io.checkpoint import EXPORT_CONFIG, inert_config, read_export_record
     from .models.diffusers_unet import load_pipeline_folder
+    from .validation import check_values
 
     if cfg.get("schedule") is not None:
         raise UsageError("schedule= applies to ckpt=oracle only; a diffusers folder brings its scheduler")
+    record = read_export_record(folder) if (folder / EXPORT_CONFIG).exists() else {}
     net, alpha_bar, prediction = load_pipeline_folder(folder)
-    record = json.loads((folder / EXPORT_CONFIG).read_text()) if (folder / EXPORT_CONFIG).is_file() else {}
     unet = net.unet.config
     shape = (unet.in_channels, unet.sample_size, unet.sample_size)
     if cfg.get("dataset") is not None:
         data = load_dataset(cfg.dataset)
-    elif isinstance(record.get("config"), dict) and "dataset" in record["config"]:
-        data = load_dataset(inert_config(record["config"]).dataset)
+    elif isinstance(record.get("config"), dict) and isinstance(record["config"].get("dataset"), dict):
+        recorded = inert_config({"dataset": record["config"]["dataset"]})
+        try:
+            check_values(recorded)
+        except ValueError as e:
+            raise UsageError(f"{folder / EXPORT_CONFIG}: malformed export record ({e})") from None
+        data = load_dataset(recorded.dataset)
     elif cfg.get("metrics") is not None:
         raise UsageError(f"ckpt={folder}: a diffusers folder does not say what data it models; eval needs dataset=<that data>")
     else:

@@ -12,7 +12,7 @@ from .generation import class_columns
 from .io.images import save_inpaint_grid, save_samples
 from .io.rundir import write_json
 from .runtime import load_source, resolve_device
-from .steering import describe_guidance, generate_from_config
+from .steering import describe_guidance, generate_from_config, pixels_of
 
 log = logging.getLogger("diffctl.sample")
 
@@ -24,13 +24,8 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     source = load_source(cfg, device)
     log.info("sampling from %s", source.describe())
     gen = generate_from_config(source, cfg, device, cfg.steps)
-    samples, info, data = gen.samples, gen.record(), source.data
+    samples, info, data = pixels_of(source, gen), gen.record(), source.data
     cond = gen.conditioning
-    if source.decode is not None:  # a latent model: its samples are latents, the pictures pixels
-        samples = source.decode(samples)
-        if cond is not None and cond.pixels is not None:  # inpainting: the known pixels, as the autoencoder cannot quite reproduce them
-            known, keep = cond.pixels
-            samples = keep * known + (1 - keep) * samples
     log.info("visited timesteps: %s", gen.timesteps)
     title = f"{source.label()}: {gen.sampler}, {cfg.steps} steps, NFE {gen.nfe}" + (f", {describe_guidance(gen.guidance)}" if gen.guidance else "")
     files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=title, nrow=class_columns(gen.labels))

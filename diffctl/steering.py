@@ -134,7 +134,9 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
     if inputs is not None:
         pass  # an image-conditioned model (super-resolution, ControlNet): its images are its condition
     elif prompts is not None:
-        inputs = source.cond.encode(prompts)
+        from .prompting import PROMPT_SETS
+
+        inputs = source.cond.encode(prompts, stored=cfg.get("prompts") in PROMPT_SETS)  # a set's captions are the data's, not typed
         found = [source.cond.label_of(p) for p in prompts]
         labels = torch.tensor(found) if None not in found else None
         if g.classifier is not None and labels is None:
@@ -226,3 +228,16 @@ def describe_guidance(g: dict) -> str:
     if "classifier_scale" in g:
         parts.append(f"classifier guidance s={g['classifier_scale']:g} ({g['classifier']})")
     return ", ".join(parts)
+
+
+def pixels_of(source: Source, gen) -> torch.Tensor:
+    """What ``generate`` made as the user sees it: a latent model's samples decoded to pixels (inpainting's known pixels
+    pasted back, as the autoencoder cannot quite reproduce them); any other model's as they are."""
+    samples, cond = gen.samples, gen.conditioning
+    if source.decode is None:
+        return samples
+    samples = source.decode(samples)
+    if cond is not None and cond.pixels is not None:
+        known, keep = cond.pixels
+        samples = keep * known + (1 - keep) * samples
+    return samples

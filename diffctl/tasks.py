@@ -107,7 +107,7 @@ class DiffusionTask:
         if getattr(self.cond, "per_image", False):  # the dataset's own captions: the training images', in turn
             seen = [caps[0] for caps in self.cond.captions["train"]]
             prompts = [seen[i % len(seen)] for i in range(n)]
-            return Conditioning(None, self.cond.null, inputs=self.cond.encode(prompts), prompts=prompts)
+            return Conditioning(None, self.cond.null, inputs=self.cond.encode(prompts, stored=True), prompts=prompts)
         k = self.cond.num_classes if self.cond is not None else self.cfg.model.num_classes
         if not k:
             return None

@@ -46,7 +46,7 @@ BOUNDS = {
     "dataset.std": (0, False), "optim.weight_decay": (0, True), "optim.beta1": (0, True), "optim.beta2": (0, True),
     "optim.min_lr_ratio": (0, True), "loss.p_std": (0, False), "image_index": (0, True),
     "dataset.image_size": (1, True), "dataset.crop": (1, True), "dataset.limit": (1, True), "threads": (1, True), "dataset.workers": (0, True),
-    "model.context_dim": (0, True), "cond.layers": (0, True), "cond.heads": (1, True), "cond.max_words": (1, True),
+    "model.context_dim": (0, True), "seed": (0, True), "cond.layers": (0, True), "cond.heads": (1, True), "cond.max_words": (1, True),
 }
 # Upper limits: real ones (probabilities, orders) and, for sizes, limits far beyond any real use that
 # catch a typo (an extra 0s) before it allocates the machine's memory or runs for a century.
@@ -56,8 +56,15 @@ UPPER = {"sampler.order": 3, "trainer.ema_decay": 1, "sampler.eta": 1, "trainer.
          "schedule.timesteps": 10**5, "num_samples": 10**8, "batch_size": 2**20, "rows": 10**4, "model.channels": 8192,
          "model.num_res_blocks": 64, "model.hidden": 2**16, "model.depth": 1024, "model.num_classes": 10**6,
          "dataset.num_train": 10**8, "dataset.num_test": 10**8, "dataset.image_size": 4096, "dataset.crop": 16384, "inpaint.resample": 1000,
-         "model.context_dim": 8192, "cond.layers": 64, "cond.max_words": 512, "threads": 4096, "dataset.workers": 1024}
+         "model.context_dim": 8192, "cond.layers": 64, "cond.max_words": 512, "threads": 4096, "dataset.workers": 1024, "seed": 2**62,
+         "autoencoder.channels": 8192, "autoencoder.latent_channels": 1024, "autoencoder.num_res_blocks": 64, "autoencoder.disc_channels": 8192,
+         "cond.heads": 1024, "model.heads": 1024}
 MAX_STEPS = 10**5  # sampling steps
+IMAGE_INPUTS = ("superres.image", "control.image", "inpaint.image")  # test indices or a path to an image
+
+
+def _index_or_path(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(v.strip()))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -131,6 +138,12 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not OmegaConf.is_config(value) and value not in allowed:
             raise ValueError(f"{key}={value!r} is not allowed; choose from: {', '.join(map(str, allowed))}")
+    for key in IMAGE_INPUTS:  # test indices or a path: never a bool (True would index as 1) or a mapping
+        value = OmegaConf.select(cfg, key, default=None)
+        items = list(value) if isinstance(value, ListConfig) else [value]
+        if value is not None and (isinstance(value, (bool, DictConfig)) or not all(_index_or_path(v) for v in items)
+                                  or (isinstance(value, ListConfig) and not all(isinstance(v, int) for v in items))):
+            raise ValueError(f"{key}={value!r}: give a test-split index, a list of them, or a path to an image (or a folder)")
     device = cfg.get("device")
     if device is not None and not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
         raise ValueError(f"device={device!r} is not allowed; choose from: auto, cpu, cuda, cuda:N, mps")

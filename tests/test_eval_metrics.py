@@ -97,7 +97,7 @@ def test_metrics_of_a_network_are_skipped_for_the_oracle():
 
 
 def test_values_print_with_their_error_bars():
-    from diffctl.evaluate import _pm
+    from diffctl.evaluation import _pm
 
     assert _pm(10.56, 2.08) == "10.6 ± 2.1" and _pm(0.8312, 0.0213) == "0.831 ± 0.021" and _pm(3.2217) == "3.222"
     assert _pm(1234.5, 87.0) == "1234 ± 87" and _pm(None) == ""

@@ -94,10 +94,10 @@ def test_a_failed_resume_of_a_foreign_folder_leaves_its_files(cli, tmp_path):
 def test_an_eval_sweep_with_too_few_samples_is_refused_before_sampling_and_leaves_no_folder(cli, run, monkeypatch):
     # fd_ref needs num_samples >= the test split (300 digits): refused before any sample is drawn (a spy on generation)
     # and before the reference classifier is trained; the sweep folder, holding only multirun.yaml, goes with it
-    import diffctl.evaluate
+    import diffctl.evaluation
 
     drawn = []
-    monkeypatch.setattr(diffctl.evaluate, "generate_from_config", lambda *a, **k: drawn.append(1))
+    monkeypatch.setattr(diffctl.evaluation, "generate_from_config", lambda *a, **k: drawn.append(1))
     assert_one_line_error(cli("eval", "-m", f"ckpt={run}", "num_samples=100", "metrics=[fd_ref,test_loss]", "seed=0,1"), "eval",
                           "num_samples=100: fd_ref needs num_samples >= 300, the test split's size")
     assert not drawn

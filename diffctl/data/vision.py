@@ -34,6 +34,7 @@ from .stream import STREAM_ABOVE, FileImages
 LEVELS = 256
 IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 CIFAR = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+MAX_IMAGE_BYTES = 1 << 30  # one image file
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -146,10 +147,13 @@ def open_image(path, what: str):
 
     from PIL import Image
 
+    from ..io.files import read_bytes
+
     try:
+        data = read_bytes(path, what, MAX_IMAGE_BYTES)  # a FIFO or a device named like an image is refused, never waited on
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data))
             img.load()
         return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -217,7 +221,7 @@ def _folder(cfg, split: str):
     except FileNotFoundError:
         raise UsageError(f"dataset=folder: no subfolders in {root}; put the images in {root}/<class>/ (one subfolder per class, "
                          f"a single one for unlabelled images)") from None
-    items = sorted((p, index[c]) for c in classes for p in (root / c).rglob("*") if p.suffix.lower() in EXTENSIONS)
+    items = sorted((p, index[c]) for c in classes for p in (root / c).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())  # no FIFO
     if len(items) < 2:
         raise UsageError(f"dataset=folder: fewer than 2 images under {root}/<class>/ ({', '.join(EXTENSIONS)})")
     chosen = [it for i, it in enumerate(items) if (i % 10 == 0) == (split == "test")]  # every 10th image is test
@@ -243,22 +247,26 @@ FILES = ("celeba", "folder")
 
 def read_captions(path: str, root: Path, images: dict) -> dict:
     """``{split: [caption of each image]}`` from a Hugging Face ImageFolder ``metadata.jsonl`` (one JSON object per line with
-    ``file_name``, the image's path relative to the folder, and ``text``); every image needs one."""
-    import json
+    ``file_name``, the image's path relative to the folder, and ``text``, a string); every image needs one, and one only.
+    A relative ``path`` is looked up in ``root`` first, then in the working directory."""
+    from ..io.files import json_lines
 
-    file = Path(path).expanduser()
-    file = file if file.is_absolute() or file.is_file() else root / file
-    if not file.is_file():
-        raise UsageError(f"dataset.captions={path}: no such file (a metadata.jsonl of lines {{\"file_name\": \"<class>/<image>\", \"text\": \"...\"}})")
-    text = {}
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            text[str(Path(row["file_name"]))] = str(row["text"])
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"dataset.captions={file}: line {n} is not a JSON object with file_name and text") from None
+    given = Path(path).expanduser()
+    file = next((f for f in ([given] if given.is_absolute() else [root / given, given]) if f.exists()), root / given)
+    if not file.exists():
+        raise UsageError(f"dataset.captions={path}: no such file in dataset.root={root} or here (a metadata.jsonl of lines "
+                         f"{{\"file_name\": \"<class>/<image>\", \"text\": \"...\"}})")
+    text, where = {}, {}
+    for n, row in json_lines(file, f"dataset.captions={file}"):
+        if isinstance(row, Exception):
+            raise row
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not isinstance(row.get("text"), str):
+            got = {k: type(row.get(k)).__name__ for k in ("file_name", "text")} if isinstance(row, dict) else type(row).__name__
+            raise UsageError(f"dataset.captions={file}: line {n} is not a JSON object with a string file_name and a string text (it has {got})")
+        name = str(Path(row["file_name"]))
+        if name in text:
+            raise UsageError(f"dataset.captions={file}: {name} has two captions (lines {where[name]} and {n}); keep one")
+        text[name], where[name] = row["text"], n
     out = {}
     for split, paths in images.items():
         names = [str(p.relative_to(root)) for p in paths]

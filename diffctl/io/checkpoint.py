@@ -173,47 +173,68 @@ def prune_checkpoints(folder: Path, keep_last: int) -> None:
 
 
 # --- exports: weights that leave diffctl ---------------------------------------------------------
+RECORDED = ("step", "config", "data_shape", "num_classes", "data_levels", "latent", "cond")  # what an export keeps of its checkpoint
+MAX_EXPORT_BYTES = 64 << 30  # model.safetensors: its header is checked against the file's size before anything is read
+
+
 def save_export(folder: Path, state: dict, ema: bool = True, weights_elsewhere: str = "") -> list[Path]:
     """A trained checkpoint's weights (the EMA's unless ``ema`` is False) as ``model.safetensors``, beside
-    ``diffctl.json``: the training config, data shape, classes, pixel levels and step, from which diffctl (or
-    anyone reading docs/architecture.md) rebuilds the network.  No optimiser state, nothing pickled.
+    ``diffctl.json``: the training config, data shape, classes, pixel levels, step, and what a latent or conditioned model
+    needs to rebuild itself (its autoencoder, its condition's record), from which diffctl (or anyone reading
+    docs/architecture.md) rebuilds the network.  No optimiser state, nothing pickled.  Both files are written atomically
+    into ``folder``, which the caller has made (``diffctl export`` writes only into a run folder it created).
     ``weights_elsewhere``: the caller writes the weights in another format (named in the record) and only
     the record is written here.  Returns the files written."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .files import write_atomic
 
     which = "ema" if ema and state.get("ema") is not None else "model"
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     weights, meta = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
     if not weights_elsewhere:
-        save_file({k: v.contiguous() for k, v in state[which].items()}, str(weights), metadata={"format": EXPORT_FORMAT, "weights": which})
-    record = {"format": EXPORT_FORMAT, "version": VERSION, "step": state["step"], "weights": f"{which}{weights_elsewhere}",
-              "config": state["config"], "data_shape": state["data_shape"], "num_classes": state.get("num_classes", 0),
-              "data_levels": state.get("data_levels")}
-    meta.write_text(json.dumps(record, indent=2) + "\n")
+        write_atomic(weights, save({k: v.contiguous() for k, v in state[which].items()}, metadata={"format": EXPORT_FORMAT, "weights": which}),
+                     "diffctl export")
+    record = {"format": EXPORT_FORMAT, "version": VERSION, "weights": f"{which}{weights_elsewhere}",
+              **{k: state.get(k) for k in RECORDED if k in state or k in ("num_classes", "data_levels")}}
+    record["num_classes"] = record.get("num_classes") or 0
+    write_atomic(meta, json.dumps(record, indent=2) + "\n", "diffctl export")
     return [meta] if weights_elsewhere else [weights, meta]
+
+
+def read_export_record(folder: Path) -> dict:
+    """An export folder's ``diffctl.json``, read by the bounded reader: a JSON object of format diffctl-export whose
+    records are of the types a checkpoint holds them in; anything else is a UsageError."""
+    from .files import read_json
+
+    meta = Path(folder) / EXPORT_CONFIG
+    record = read_json(meta, f"the export record {meta}", object)
+    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+        raise UsageError(f"{meta} is not a diffctl export record")
+    version = record.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UsageError(f"{folder} has export format {version!r}; this diffctl reads up to {VERSION}: upgrade diffctl")
+    for key, kind in (("latent", dict), ("cond", dict), ("data_levels", int)):
+        if record.get(key) is not None and (not isinstance(record[key], kind) or isinstance(record[key], bool)):
+            raise UsageError(f"{meta}: malformed export record ({key!r} is {type(record[key]).__name__}, not {kind.__name__})")
+    return record
 
 
 def load_export(folder: Path) -> dict:
     """An export folder as a checkpoint state that ``load_trained`` reads (its weights as ``model``)."""
-    import json
-
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
+
+    from .files import read_bytes
 
     weights, meta = Path(folder) / EXPORT_WEIGHTS, Path(folder) / EXPORT_CONFIG
     if not weights.is_file() or not meta.is_file():
         raise UsageError(f"{folder} is not a diffctl export (it needs {EXPORT_WEIGHTS} and {EXPORT_CONFIG}; make one with diffctl export)")
+    record = read_export_record(folder)
     try:
-        record = json.loads(meta.read_text())
-        if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
-            raise UsageError(f"{meta} is not a diffctl export record")
-        if record.get("version", 0) > VERSION:
-            raise UsageError(f"{folder} has export format {record['version']}; this diffctl reads up to {VERSION}: upgrade diffctl")
-        model = load_file(str(weights))
+        model = load(read_bytes(weights, "diffctl export", MAX_EXPORT_BYTES))  # safetensors checks every offset against the bytes
     except (ValueError, OSError, SafetensorError) as e:
         raise UsageError(f"cannot read the export {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return {"format": FORMAT, "version": VERSION, "model": model, "ema": None,
-            **{k: record.get(k) for k in ("step", "config", "data_shape", "num_classes", "data_levels")}}
+    return {"format": FORMAT, "version": VERSION, "model": model, "ema": None, **{k: record.get(k) for k in RECORDED if record.get(k) is not None}}

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UsageError
 from .checkpoint import EXPORT_WEIGHTS, list_checkpoints
+from .files import MAX_JSON_BYTES, parse_json, read_bytes, write_json  # noqa: F401  (write_json: the commands' writer of reports)
 
 CKPT_DIR = "checkpoints"
 ABANDONED = "abandoned"  # a run folder's branches that a resume from an older checkpoint left behind
@@ -99,8 +100,8 @@ def run_task(run_dir: Path) -> str:
     import yaml
 
     try:
-        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        cfg = yaml.safe_load(read_bytes(Path(run_dir) / "config.yaml", "config.yaml", 1 << 20)) or {}
+    except (UsageError, yaml.YAMLError, RecursionError):
         cfg = {}
     return cfg.get("task", "diffusion") if isinstance(cfg, dict) else "diffusion"
 
@@ -135,7 +136,8 @@ def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", task: st
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    if path.is_dir() and ((path / EXPORT_WEIGHTS).is_file() or (path / "unet" / "config.json").is_file()):  # an export, a diffusers folder
+    run = path.is_dir() and list_checkpoints(path / CKPT_DIR)  # a run folder is its checkpoints, whatever else lies in it
+    if not run and path.is_dir() and ((path / EXPORT_WEIGHTS).is_file() or (path / "unet" / "config.json").is_file()):  # an export, a diffusers folder
         return path
     if path.is_dir():
         ckpts = list_checkpoints(path / CKPT_DIR) or list_checkpoints(path)
@@ -159,14 +161,12 @@ class MetricsLog:
         """The records, without a torn last line (reported once, then dropped at the next rewrite)."""
         if not self.path.exists():
             return []
-        lines = self.path.read_text(errors="replace").splitlines()
+        lines = read_bytes(self.path, "metrics log", 16 * MAX_JSON_BYTES).decode(errors="replace").splitlines()
         records = []
         for i, line in enumerate(lines):
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError:
+                record = parse_json(line, f"{self.path}: line {i + 1}", dict)
+            except UsageError:
                 if i == len(lines) - 1:
                     log.warning("%s: its last line is torn (a write was cut short, e.g. by a full disk): ignored", self.path)
                     break
@@ -240,6 +240,3 @@ class RunLock:
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd = None
 
-
-def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -49,6 +49,7 @@ class DiffusersUNet(nn.Module):
         return self.unet(x, t, class_labels=y).sample
 
 
+MAX_SAMPLE_SIZE = 4096  # a foreign folder's image size: beyond it, sampling one image would not fit any machine
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # diffctl's names -> diffusers' schedulers'
 
 
@@ -63,15 +64,29 @@ def is_pipeline_folder(path) -> bool:
 def load_pipeline_folder(folder):
     """(network, alpha_bar float64 [T], prediction) of a diffusers folder: its UNet2DModel behind diffctl's network
     interface, the schedule of its scheduler (exact when the config lists trained_betas) and its prediction type."""
-    import json
     from pathlib import Path
 
+    from ..io.files import read_json
+    from .sizing import check_fits_weights
+
     folder = Path(folder)
+    unet_config = read_json(folder / "unet" / "config.json", f"the diffusers folder {folder}")
+    config = read_json(folder / "scheduler" / "scheduler_config.json", f"the diffusers folder {folder}")
+    size = unet_config.get("sample_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SAMPLE_SIZE:
+        raise UsageError(f"the diffusers folder {folder}: unet sample_size {size!r} is not an image size in [1, {MAX_SAMPLE_SIZE}]")
+    betas = config.get("trained_betas")
+    if betas is not None and not (isinstance(betas, list) and 2 <= len(betas) <= 10**5 and all(isinstance(b, (int, float)) and 0 < b < 1 for b in betas)):
+        raise UsageError(f"the diffusers folder {folder}: trained_betas is not a list of 2 to 100,000 numbers in (0, 1)")
+    steps = config.get("num_train_timesteps", 1000)
+    if not isinstance(steps, int) or not 2 <= steps <= 10**5:
+        raise UsageError(f"the diffusers folder {folder}: num_train_timesteps {steps!r} is not in [2, 100000]")
+    cls = unet2d()
+    check_fits_weights(lambda: cls.from_config(unet_config), list((folder / "unet").glob("diffusion_pytorch_model*")), f"the diffusers folder {folder}")
     try:
-        unet = unet2d().from_pretrained(str(folder / "unet"))
-        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        if config.get("trained_betas") is not None:
-            betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
+        unet = cls.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)  # (True asks for the accelerate package)
+        if betas is not None:
+            betas = torch.tensor(betas, dtype=torch.float64)
         else:
             from diffusers import DDPMScheduler
 
@@ -81,7 +96,7 @@ def load_pipeline_folder(folder):
     except Exception as e:  # a foreign or broken folder
         raise UsageError(f"cannot read the diffusers folder {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     kind = config.get("prediction_type", "epsilon")
-    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(kind)
+    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(kind) if isinstance(kind, str) else None
     if prediction is None:
         raise UsageError(f"{folder}: prediction_type {kind!r} is not one diffctl samples ({', '.join(PREDICTION_TYPES.values())})")
     net = nn.Module.__new__(DiffusersUNet)
