@@ -49,7 +49,7 @@ def _compose(command: str, overrides: Sequence[str]) -> DictConfig:
 
 def _check_overrides(overrides) -> None:
     """Overrides are strings ``key=value``, given as a list (a lone string would be read character by character)."""
-    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
         raise UsageError(f"overrides must be a list of strings such as ['trainer.steps=100']; got {overrides!r:.80}")
 
 

@@ -132,11 +132,20 @@ def _read_cache(cache: Path, space: LatentSpace, data, shape: tuple):
         for name, x, n in (("train", train, len(data.train)), ("test", test, len(data.test))):
             if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or tuple(x.shape) != (n, *shape):
                 raise ValueError(f"its {name} latents are not {n} float32 tensors of shape {list(shape)}")
+        if stored.get("checksum") != _checksum(train, test):
+            raise ValueError("its latents are not the ones written (checksum mismatch)")
         return train, test
     except Exception as e:  # torch's, the unpickler's, ours: any reason means the same thing, encode again
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         log.warning("latent cache %s is not usable (%s): encoding the dataset again", cache, detail)
         return None
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def latent_dataset(space: LatentSpace, data, cache_dir: Path, measure_scale: bool = False):
@@ -154,7 +163,8 @@ def latent_dataset(space: LatentSpace, data, cache_dir: Path, measure_scale: boo
         train, test = space.encode(data.train), space.encode(data.test)  # unscaled
         space.scale = scale
         buffer = io.BytesIO()
-        torch.save({"train": train, "test": test, "sha256": space.sha256, "fingerprint": data.fingerprint}, buffer)
+        torch.save({"train": train, "test": test, "sha256": space.sha256, "fingerprint": data.fingerprint, "checksum": _checksum(train, test)},
+                   buffer)
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(cache, buffer.getvalue(), "latent cache")  # a name of its own per process: two runs may build it at once

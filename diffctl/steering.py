@@ -215,9 +215,14 @@ def generate_from_config(source: Source, cfg: DictConfig, device: torch.device, 
     resample = cond.resample if cond is not None else 1
     total = steps * resample * ((cfg.num_samples + cfg.batch_size - 1) // cfg.batch_size)
     with progress_bar(f"sampling {sampler_cfg.name} x{steps}", total) as advance:
-        return generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
-                        seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
-                        on_step=lambda *state: advance(), cond=cond)
+        gen = generate(source.denoise, source.alpha_bar, sampler_cfg, steps, cfg.num_samples, source.data.shape,
+                       seed=cfg.seed, batch_size=cfg.batch_size, device=device, bounded=source.data.levels is not None,
+                       on_step=lambda *state: advance(), cond=cond)
+    bad = int((~gen.samples.reshape(len(gen.samples), -1).isfinite().all(1)).sum())
+    if bad:  # never written as images: NaN casts to arbitrary pixels
+        raise UsageError(f"{bad} of {len(gen.samples)} samples are not finite (NaN or inf): the model's weights overflow, "
+                         f"{source.describe()} may be damaged or diverged; try an earlier checkpoint")
+    return gen
 
 
 def describe_guidance(g: dict) -> str:

@@ -424,3 +424,223 @@ def test_sigterm_during_eval_marks_its_folder_failed_or_leaves_none(run, tmp_pat
     assert err.strip().splitlines()[-1] == "diffctl eval: stopped by SIGTERM" and "Traceback" not in err
     left = [p for p in (tmp_path / "outputs").glob("eval/*/*") if p.is_dir()]
     assert all((p / "FAILED").read_text().startswith("diffctl eval failed: stopped by signal 15") for p in left)
+
+
+# --- the fuzz test: exports, latent caches, caption files, CLIP and diffusers folders, the Python API -------------------
+HOSTILE = [None, [], {}, "x", -1, 0, 10**20, 2**20, True, 1.5, "${oc.env:HOME}", [[[[[]]]]], {"a": {"b": {"c": 1}}}]
+
+
+def _damage_bytes(rng, raw: bytes) -> bytes:
+    how = rng.choice(["truncate", "flip", "empty", "garbage"])
+    if how == "truncate":
+        return raw[: rng.randrange(max(1, len(raw)))]
+    if how == "empty":
+        return b""
+    if how == "garbage":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    raw = bytearray(raw)
+    for _ in range(rng.randint(1, 8)):
+        raw[rng.randrange(len(raw))] = rng.randrange(256)
+    return bytes(raw)
+
+
+def _damage_json(rng, path: Path) -> str:
+    """One random damage to a JSON file: a key dropped or set to a hostile value, deep nesting, another top-level type,
+    or its bytes damaged."""
+    value = json.loads(path.read_text())
+    how = rng.choice(["drop", "set", "set", "nest", "top", "bytes"])
+    if how in ("drop", "set") and isinstance(value, dict) and value:
+        key = rng.choice(sorted(value))
+        if how == "drop":
+            value.pop(key)
+        else:
+            value[key] = rng.choice(HOSTILE)
+        path.write_text(json.dumps(value))
+        return f"{path.name}: {how} {key}"
+    if how == "nest":
+        path.write_text("[" * 20000 + "]" * 20000)
+    elif how == "top":
+        path.write_text(json.dumps(rng.choice([[1, 2], "text", 3, None])))
+    else:
+        path.write_bytes(_damage_bytes(rng, path.read_bytes()))
+    return f"{path.name}: {how}"
+
+
+@pytest.mark.slow
+def test_fuzzed_exports_caches_captions_folders_and_api(runs, tmp_path, monkeypatch, capfd, caplog):
+    """Every case ends in a one-line error or a correct result within 30 s, and deletes no file it did not create."""
+    import random
+
+    import diffctl
+    from diffctl.cli import run_command
+    from diffctl.config import load_option
+    from diffctl.data import load_dataset
+    from diffctl.data.vision import read_captions
+    from diffctl.latent import latent_dataset, latent_space
+    from diffctl.prompting import ClipCond
+    from test_clip_pipeline import tiny_clip
+    from test_reliability import _check_no_loss
+
+    rng = random.Random(29)
+    monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    monkeypatch.chdir(tmp_path)
+    tally = {"cases": 0, "one-line error": 0, "ran": 0, "traceback": [], "silent": [], "hang": []}
+
+    def case(what, fn, check=lambda result: None):
+        """Run ``fn``; an exit code of 2 with one line (CLI) or a UsageError of one line (Python) is a one-line error, a
+        result ``check`` accepts is a correct one."""
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        tally["cases"] += 1
+        capfd.readouterr()
+        signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
+        signal.alarm(30)
+        try:
+            result = fn()
+        except UsageError as e:
+            if "\n" in str(e):
+                tally["traceback"].append((what, str(e)))
+            else:
+                tally["one-line error"] += 1
+            return
+        except TimeoutError:
+            tally["hang"].append(what)
+            return
+        except BaseException as e:
+            tally["traceback"].append((what, f"{type(e).__name__}: {e}"[:300]))
+            return
+        finally:
+            signal.alarm(0)
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int):  # (exit code, stderr) of the CLI
+            code, err = result
+            lines = err.strip().splitlines()
+            if code == 2 and len(lines) == 1 and lines[0].startswith("diffctl ") and "Traceback" not in err:
+                tally["one-line error"] += 1
+            elif code == 0:
+                tally["ran"] += 1
+            else:
+                tally["traceback"].append((what, code, err[-300:]))
+        else:
+            problem = check(result)
+            if problem:
+                tally["silent"].append((what, problem))
+            else:
+                tally["ran"] += 1
+        lost = _check_no_loss(before, tmp_path)
+        if lost:
+            tally["silent"].append((what, "deleted", lost))
+
+    def cli(command, *args):
+        capfd.readouterr()
+        code = run_command(command, list(args))
+        return code, capfd.readouterr().err
+
+    def sampled(folder):
+        code, err = cli("sample", f"ckpt={folder}", "steps=2", "num_samples=2")
+        return code, err  # (damaged but finite weights may sample saturated images: numbers are not checked for meaning)
+
+    # exports of the pixel, text and latent runs, each damaged once in its record or its weights
+    exported = {}
+    for kind in ("pixel", "text", "latent"):
+        code, err = cli("export", f"ckpt={getattr(runs, kind)}", f"hydra.run.dir={tmp_path / 'exports' / kind}")
+        assert code == 0, err
+        exported[kind] = tmp_path / "exports" / kind
+    for i in range(18):
+        kind = rng.choice(sorted(exported))
+        folder = tmp_path / "damaged" / f"export{i:02d}"
+        shutil.copytree(exported[kind], folder)
+        if rng.random() < 0.5:
+            what = f"{kind} export, " + _damage_json(rng, folder / "diffctl.json")
+        elif rng.random() < 0.5:
+            what = f"{kind} export, weights retyped"
+            _retype_first_tensor(folder / "model.safetensors", rng.choice(["I32", "F16", "BF16", "I64", "U8"]))
+        else:
+            what = f"{kind} export, weights damaged"
+            (folder / "model.safetensors").write_bytes(_damage_bytes(rng, (folder / "model.safetensors").read_bytes()))
+        case(what, lambda: sampled(folder))
+
+    # latent caches: any damage is encoded again and gives the same latents
+    data = load_dataset(load_option("dataset", "digits"))
+    space = latent_space(str(_last(runs.ae)), runs.root, torch.device("cpu"), data)
+    good = latent_dataset(space, data, tmp_path / "cache").train
+    cache = next((tmp_path / "cache").glob("latents_*.pt"))
+    original = cache.read_bytes()
+    for i in range(10):
+        cache.write_bytes(_damage_bytes(rng, original))
+        case(f"latent cache {i}", lambda: latent_dataset(space, data, tmp_path / "cache").train,
+             lambda train: None if torch.equal(train, good) else "other latents from a damaged cache")
+
+    # caption files: a list of strings, one per image, or a one-line error
+    paths = _images(tmp_path / "imgs", 6)
+    rows = [{"file_name": f"a/{i}.png", "text": f"a square of shade {i}"} for i in range(6)]
+    for i in range(14):
+        lines = [json.dumps(r) for r in rows]
+        how = rng.choice(["value", "drop", "duplicate", "nest", "garbage", "blank"])
+        j = rng.randrange(len(lines))
+        if how == "value":
+            key = rng.choice(["file_name", "text"])
+            lines[j] = json.dumps({**rows[j], key: rng.choice(HOSTILE)})
+        elif how == "drop":
+            lines[j] = json.dumps({k: v for k, v in rows[j].items() if k != rng.choice(["file_name", "text"])})
+        elif how == "duplicate":
+            lines.append(lines[j])
+        elif how == "nest":
+            lines[j] = "{\"file_name\": " + "[" * 5000 + "]" * 5000 + "}"
+        elif how == "garbage":
+            lines[j] = _damage_bytes(rng, lines[j].encode()).decode("latin1")
+        else:
+            lines.insert(j, "")
+        (tmp_path / "imgs" / "metadata.jsonl").write_text("\n".join(lines), encoding="utf-8", errors="replace")
+        case(f"captions: {how} line {j}", lambda: read_captions("metadata.jsonl", tmp_path / "imgs", {"train": paths}),
+             lambda out: None if len(out["train"]) == 6 and all(isinstance(c, str) for c in out["train"]) else f"captions {out}")
+
+    # CLIP folders: builds (and its encoder loads) or a one-line error
+    clip = tiny_clip(tmp_path / "clip")
+    captions = SimpleNamespace(train_captions=["the digit 1", "the digit 2"], test_captions=["the digit 3"])
+    for i in range(10):
+        folder = tmp_path / "damaged" / f"clip{i:02d}"
+        shutil.copytree(clip, folder)
+        target = rng.choice(["config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"])
+        if target.endswith(".json") and (folder / target).is_file():
+            what = f"clip, {_damage_json(rng, folder / target)}"
+        else:
+            what = f"clip, {target} damaged"
+            (folder / target).write_bytes(_damage_bytes(rng, (folder / target).read_bytes()))
+        case(what, lambda: ClipCond(captions, path=str(folder)).encoder(32),
+             lambda enc: None if isinstance(enc, torch.nn.Module) else "no encoder")
+
+    # diffusers folders: a diffctl diffusers export of a tiny diffusers_unet run, damaged in its configs or weights
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipeline = tmp_path / "pipeline"
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(str(pipeline))
+    for i in range(10):
+        folder = tmp_path / "damaged" / f"diffusers{i:02d}"
+        shutil.copytree(pipeline, folder)
+        target = rng.choice(["unet/config.json", "unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"])
+        if target.endswith(".json"):
+            what = f"diffusers, {target.split('/')[0]}/{_damage_json(rng, folder / target)}"
+        else:
+            what = "diffusers, weights damaged"
+            (folder / target).write_bytes(_damage_bytes(rng, (folder / target).read_bytes()))
+        case(what, lambda: cli("sample", f"ckpt={folder}", "steps=2", "num_samples=2"))
+
+    # the Python API: hostile arguments
+    calls = [lambda v: diffctl.load(v), lambda v: diffctl.load(runs.pixel).sample(v, steps=2),
+             lambda v: diffctl.load(runs.pixel).sample(2, steps=v), lambda v: diffctl.load(runs.pixel).sample(2, steps=2, seed=v),
+             lambda v: diffctl.load(runs.pixel).sample(2, steps=2, classes=v), lambda v: diffctl.load(runs.text).sample(2, steps=2, prompts=v),
+             lambda v: diffctl.load(runs.pixel).sample(2, steps=2, overrides=v), lambda v: diffctl.train(v),
+             lambda v: diffctl.schedules.get("cosine", v), lambda v: diffctl.evaluate(runs.pixel, metrics=v)]
+    values = [None, -1, 0, 2**70, "x", "", [None], ["trainer.steps=0"], {"a": 1}, 1.5, True, "🐱", ["=", "=="]]
+    for i in range(16):
+        call, value = rng.choice(calls), rng.choice(values)
+        case(f"api call {calls.index(call)} with {value!r}", lambda: call(value),
+             lambda out: None if not isinstance(out, torch.Tensor) or out.isfinite().all() else "non-finite samples")
+
+    print(f"\nfuzz: {tally['cases']} cases, {tally['one-line error']} one-line errors, {tally['ran']} ran, "
+          f"{len(tally['traceback'])} tracebacks, {len(tally['silent'])} silent, {len(tally['hang'])} hangs")
+    print("\n".join(map(str, tally["traceback"] + tally["silent"])))
+    assert not tally["traceback"], tally["traceback"][:5]
+    assert not tally["silent"], tally["silent"][:5]
+    assert not tally["hang"], tally["hang"]
