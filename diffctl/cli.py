@@ -167,6 +167,22 @@ def _discard_run_dir(run_dir: Path, command: str, err: BaseException | None) -> 
 PLUGIN_EXTRAS = {"submitit": "slurm", "joblib": "sweeps", "optuna": "optuna"}  # Hydra plugin -> the diffctl extra that installs it
 
 
+def _unknown_key(match) -> str:
+    """Hydra's answer to a mistyped key (``trainer.stps=10``) without its advice to append it with ``+`` (which would
+    only fail later against the typed schema): the closest keys the schema has."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+
+    from .config import _schemas
+
+    key, leaf, schema = match.groups()
+    known = next(([f.name for f in fields(s)] for s in _schemas().values() if is_dataclass(s) and s.__name__ == schema), [])
+    parent = key[: -len(leaf)]
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(parent + c for c in close)}?" if close else f"; {schema} has: {', '.join(known)}" if known else ""
+    return f"unknown key '{key}'{hint}"
+
+
 def _one_line(err: BaseException) -> str:
     """Collapse a Hydra / OmegaConf / diffctl error into one readable line."""
     parts = []
@@ -184,6 +200,7 @@ def _one_line(err: BaseException) -> str:
     text = re.sub(r"\b\w+ raised while resolving interpolation: ", "", "; ".join(parts))  # our own error inside a resolver
     # a group this command does not have (sample model=...): Hydra's hint to append it with + would only fail later
     text = re.sub(r"Could not override '([\w.]+)'\. No match in the defaults list\.(; To append .*)?", r"this command has no '\1' config group", text)
+    text = re.sub(r"Could not override '([\w.]+)'\.; To append to your config use \+\S+; Key '(\w+)' not in '(\w+)'", _unknown_key, text)
     plugin = re.search(r"Could not load 'hydra/(?:launcher|sweeper)/(\w+)'", text)  # a preset whose Hydra plugin is not installed
     extra = next((e for key, e in PLUGIN_EXTRAS.items() if plugin and key in plugin.group(1)), None)
     if extra:

@@ -193,7 +193,9 @@ def test_resume_continues_from_the_newest_checkpoint(diffctl):
     (["train", "schedule=nope"], "available options in 'schedule': cosine, edm, linear, scaled_linear, sigmoid"),
     (["train", "model=unet_huge"], "available options in 'model': diffusers_unet, mlp, unet_base, unet_small, unet_tiny"),
     (["train", "trainer.steps=abc"], "trainer.steps=abc"),
-    (["train", "trainer.stepz=3"], "Key 'stepz' not in 'TrainerConfig'"),
+    (["train", "trainer.stepz=3"], "unknown key 'trainer.stepz'; did you mean trainer.steps?"),  # never Hydra's advice to add it with +
+    (["train", "model.chanels=3"], "unknown key 'model.chanels'; did you mean model.channels or model.channel_mult?"),
+    (["sample", "zzzqq=1"], "unknown key 'zzzqq'; SampleConfig has: sampler, dataset, schedule, paths, ckpt, steps,"),
     (["train", "+model.foo=1"], "unknown key model.foo"),
     (["train", "trainer.precision=fp8"], "choose from: auto, bf16, fp16, fp32"),
     (["sample", "ckpt=/no/such/run"], "ckpt=/no/such/run: no such file or folder"),
