@@ -32,12 +32,18 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
         from .runtime import load_trained
 
         model = state["config"].get("model", {})
-        if model.get("arch") != "diffusers_unet" or model.get("sigma_data", 1.0) != 1.0:
-            raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet (with its preset's model.sigma_data=1); "
-                             f"{ckpt} is a model.arch={model.get('arch')} run")
+        if model.get("arch") != "diffusers_unet":
+            raise UsageError(f"format=diffusers writes a diffusers UNet2DModel: train with model=diffusers_unet; {ckpt} is a "
+                             f"model.arch={model.get('arch')} run")
+        if model.get("sigma_data", 1.0) != 1.0:
+            raise UsageError(f"format=diffusers: diffusers' schedulers feed the network unscaled inputs (sigma_data=1); {ckpt} was "
+                             f"trained with model.sigma_data={model.get('sigma_data')}")
+        from .data import load_dataset
+
         trained = load_trained(ckpt, torch.device("cpu"), ema=cfg.ema)
+        clip = load_dataset(trained.cfg.dataset).levels is not None  # as diffctl's samplers do by default (sampler.clip=null)
         try:
-            save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction)
+            save_pipeline_folder(run_dir, trained.net, trained.alpha_bar, trained.cfg.model.prediction, clip)
         except OSError as e:
             raise UsageError(f"diffctl export: could not write the diffusers folder {run_dir}: {e.strerror or e} (disk full or quota?)") from None
         written = [run_dir / "unet", run_dir / "scheduler", run_dir / "model_index.json"]

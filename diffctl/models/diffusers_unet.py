@@ -105,13 +105,15 @@ def load_pipeline_folder(folder):
     return net.eval(), torch.cumprod(1 - betas, 0), prediction
 
 
-def save_pipeline_folder(folder, net: DiffusersUNet, alpha_bar: torch.Tensor, prediction: str) -> None:
-    """``net`` and its schedule as a diffusers DDPMPipeline folder (the betas written out exactly)."""
+def save_pipeline_folder(folder, net: DiffusersUNet, alpha_bar: torch.Tensor, prediction: str, clip: bool) -> None:
+    """``net`` and its schedule as a diffusers DDPMPipeline folder whose scheduler samples as ``diffctl sample`` does by
+    default: the betas written out exactly, x0_hat clamped to [-1, 1] for pixel data (``clip``: without it, diffusers'
+    1,000 default steps saturate a trained model's pixels to black and white), trailing spacing, the posterior variance."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
     from ..core.schedules import betas_from_alpha_bar
 
     betas = betas_from_alpha_bar(alpha_bar.double())
     scheduler = DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type=PREDICTION_TYPES[prediction],
-                              clip_sample=False)
+                              clip_sample=clip, clip_sample_range=1.0, timestep_spacing="trailing", variance_type="fixed_small")
     DDPMPipeline(unet=net.unet, scheduler=scheduler).save_pretrained(str(folder))
