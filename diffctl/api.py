@@ -132,8 +132,9 @@ class Run:
 
     def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50, classes=None, prompts=None, guidance: float = 1.0, seed: int = 0,
                batch_size: int = 256, overrides: Sequence[str] = ()) -> torch.Tensor:
-        """``n`` samples ``[n, ...]`` (float32, CPU; a latent model's decoded to pixels), as ``diffctl sample`` makes them: image i
-        depends only on seed + i.
+        """``n`` samples ``[n, ...]`` (float32, CPU; a latent model's decoded to pixels), as ``diffctl sample`` makes them: image i's
+        noise depends only on seed + i, so it is the same image in any batch, up to float rounding (about 1e-6: a batch's
+        shape changes the order of the network's float sums).
 
         ``classes``: ``"all"``, a class or a list of them (a class-conditional model, or with
         ``overrides=["guidance.classifier=<run>"]``); ``prompts``: a text-conditioned model's prompt, a list of them

@@ -369,7 +369,9 @@ def compare(folders: list[Path] = typer.Argument(..., help="Run folders (train r
                   'keys of the composed config and flags.',
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def completion(ctx: typer.Context, shell: str = typer.Argument(None, help="bash | zsh | fish", show_default=False)) -> None:
-    from .completion import script
+    import shutil
+
+    from .completion import executable, script
 
     if shell is None or ctx.args:
         given = " ".join([shell or "", *ctx.args]).strip()
@@ -380,6 +382,9 @@ def completion(ctx: typer.Context, shell: str = typer.Argument(None, help="bash 
     except ValueError as e:
         print(f"diffctl completion: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if shutil.which("diffctl") is None:  # (stderr: eval "$(...)" reads only the script)
+        print(f"diffctl completion: note: no diffctl on PATH; the script runs {executable()}, so Tab completes once 'diffctl' "
+              f"is on PATH (activate its virtual environment) or when it is typed by its path", file=sys.stderr)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ _diffctl_complete() {
     COMPREPLY=()
     while IFS= read -r c; do
         [[ -n $c ]] && COMPREPLY+=("${c:cut}")
-    done < <(command diffctl __complete "${words[@]:1}" 2>/dev/null)
+    done < <(command {diffctl} __complete "${words[@]:1}" 2>/dev/null)
     if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *[=./] ]]; then compopt -o nospace 2>/dev/null; fi
     return 0
 }
@@ -53,7 +53,7 @@ complete -o default -F _diffctl_complete diffctl
 ZSH = r"""# diffctl completion for zsh; in ~/.zshrc: eval "$(diffctl completion zsh)"
 _diffctl() {
     local -a candidates open closed
-    candidates=(${(f)"$(command diffctl __complete "${(@)words[2,CURRENT-1]}" "$PREFIX" 2>/dev/null)"})
+    candidates=(${(f)"$(command {diffctl} __complete "${(@)words[2,CURRENT-1]}" "$PREFIX" 2>/dev/null)"})
     if (( ! ${#candidates} )); then _files; return; fi
     open=(${(M)candidates:#*[=./]})
     closed=(${candidates:#*[=./]})
@@ -69,7 +69,7 @@ FISH = r"""# diffctl completion for fish; in ~/.config/fish/config.fish: diffctl
 function __diffctl_complete
     set -l words (commandline -opc)
     set -l cur (commandline -ct)
-    command diffctl __complete $words[2..-1] "$cur" 2>/dev/null
+    command {diffctl} __complete $words[2..-1] "$cur" 2>/dev/null
 end
 complete -c diffctl -f -a '(__diffctl_complete)'
 complete -c diffctl -n '__fish_seen_subcommand_from compare' -F
@@ -80,11 +80,22 @@ NOT_SC = ("Hydra's -sc completion cannot complete diffctl's two-word commands; i
           'eval "$(diffctl completion bash)" (or zsh; fish: diffctl completion fish | source)')
 
 
+def executable() -> str:
+    """The shell words that run this diffctl, whatever PATH holds when Tab is pressed: the console script that is running,
+    by its absolute path, or this interpreter with ``-m diffctl``."""
+    import shlex
+
+    argv0 = Path(sys.argv[0]).absolute()
+    if argv0.name == "diffctl" and argv0.is_file() and os.access(argv0, os.X_OK):
+        return shlex.quote(str(argv0))
+    return f"{shlex.quote(sys.executable)} -m diffctl"
+
+
 def script(shell: str) -> str:
-    """The completion script of ``shell``; ValueError for a shell without one."""
+    """The completion script of ``shell`` (it calls ``executable()``); ValueError for a shell without one."""
     if shell not in SHELLS:
         raise ValueError(f"no completion for shell {shell!r}; choose from: {', '.join(SHELLS)}")
-    return SHELLS[shell]
+    return SHELLS[shell].replace("{diffctl}", executable())
 
 
 def complete(words: list[str]) -> list[str]:

@@ -92,7 +92,7 @@ class ControlCond(Cond):
         return ControlledUNet(base, self.null.shape[0], self.null, downsample=self.shape[1] // data_shape[1])
 
     def record(self):
-        from .latent import file_sha256
+        from .io.files import file_sha256
 
         return {"name": self.name, "kind": self.kind, "base": self.base, "base_sha256": self.base_sha256 or file_sha256(Path(self.base)),
                 "shape": list(self.shape)}

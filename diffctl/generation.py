@@ -26,7 +26,8 @@ log = logging.getLogger("diffctl.generation")
 class PerImageNoise:
     """Standard normal noise where image i always draws from its own generator seeded ``seed + i``.
 
-    So image i is the same whatever the batch size or the batch it lands in.
+    So image i draws the same noise whatever the batch size or the batch it lands in (and is the same image up to float
+    rounding: a batch's shape changes the order of the network's float sums, by about 1e-6).
     """
 
     def __init__(self, seed: int, start: int, count: int, shape: tuple, device: torch.device):
@@ -205,8 +206,8 @@ def generate(
 
     ``sampler_cfg``: a sampler config group (name, spacing, rho, clip and the sampler's options).
     ``bounded``: the data lies in [-1, 1] (pixel data), so ``sampler.clip=null`` clamps x0_hat.
-    ``on_step(i, sigma, x, x0_hat)`` is called after every sampler step of every batch (the sampler's state x).  Image i depends only on
-    ``seed + i``, not on the batch size.
+    ``on_step(i, sigma, x, x0_hat)`` is called after every sampler step of every batch (the sampler's state x).  Image i's noise depends
+    only on ``seed + i``, not on the batch size (its pixels, up to float rounding).
     """
     t0 = time.perf_counter()
     sigmas = sampling_sigmas(sampler_cfg.spacing, alpha_bar, steps, sampler_cfg.rho).to(device)

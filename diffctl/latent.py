@@ -26,18 +26,11 @@ from omegaconf import OmegaConf
 from .config import option_schema
 from .errors import UsageError
 from .io.checkpoint import TRAINED, inert_config, load_checkpoint, require
+from .io.files import file_sha256
 from .models import AUTOENCODERS
 from .models.autoencoder import KLAutoencoder
 
 log = logging.getLogger("diffctl.latent")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def latent_mask(hole: torch.Tensor, latent_shape) -> torch.Tensor:
@@ -109,7 +102,7 @@ def latent_space(spec: str, output_root: Path, device: torch.device, data) -> La
     stored absolute, so the run finds it from any working directory."""
     from .io.rundir import resolve_checkpoint
 
-    path = resolve_checkpoint(spec, output_root, key="latent.autoencoder", task="autoencoder").resolve()
+    path = resolve_checkpoint(spec, output_root, key="latent.autoencoder", tasks=("autoencoder",)).resolve()
     ae = load_autoencoder(path, device)
     if tuple(data.shape) != tuple(ae.data_shape):
         raise UsageError(f"latent.autoencoder={path} was trained on images of shape {list(ae.data_shape)}; dataset={data.name} has "

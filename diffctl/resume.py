@@ -25,6 +25,10 @@ RECOVERABLE = ("optim.lr", "model.lr")  # ...but this: lowering the learning rat
 # Options that change the trajectory from the resume point on: a resume that changes one starts a new branch.
 BRANCHING = ("optim.lr", "trainer.grad_clip", "trainer.precision", "trainer.batch_size", "trainer.ema_decay", "trainer.cond_drop_prob")
 _OLD_DEFAULTS = {"task": "diffusion"}  # for checkpoints written before a key existed
+# Config keys that name another run's checkpoint, and the tasks that run may be.  'latest' and a run folder move as runs
+# are trained, so each is resolved once, when a run starts: the checkpoint records the file and its SHA-256, and a resumed
+# run takes that file again (it may not change: the latent space, the frozen base).
+REFERENCES = {"base": ("diffusion",), "latent.autoencoder": ("autoencoder",)}
 
 
 def _with_defaults(saved: dict) -> dict:
@@ -54,13 +58,59 @@ def check_same_run(saved: dict, cfg: DictConfig, path: Path) -> dict:
     old = dict(_flat({k: saved.get(k, _OLD_DEFAULTS.get(k, {})) for k in defining}))
     new = dict(_flat({k: current[k] for k in defining}))
     keys = sorted(set(old) | set(new), key=lambda k: (not k.endswith((".name", ".arch")), k))  # a changed option first
-    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k) and k not in RECOVERABLE]
+    # (a reference to another run is compared by the file it names: pin_references)
+    diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys if old.get(k) != new.get(k) and k not in RECOVERABLE + tuple(REFERENCES)]
     if diffs:
         raise UsageError(f"cannot resume from {path}: it was trained with {', '.join(diffs[:3])}; use the run's own overrides "
                          f"(resume=<run folder> reuses them) or start a new run")
     old = dict(_flat({k: saved.get(k, {}) for k in ("optim", "trainer")}))
     new = dict(_flat({k: current[k] for k in ("optim", "trainer")}))
     return {k: (old[k], new[k]) for k in BRANCHING if k in old and old[k] != new[k]}
+
+
+def _recorded_references(saved: dict) -> dict:
+    """``{key: {"spec", "file", "sha256"}}`` of a checkpoint (from its latent and ControlNet records if it predates them)."""
+    if isinstance(saved.get("references"), dict):
+        return saved["references"]
+    config, out = saved.get("config") or {}, {}
+    latent, cond = saved.get("latent"), saved.get("cond")
+    if isinstance(latent, dict) and "autoencoder" in latent:
+        out["latent.autoencoder"] = {"spec": (config.get("latent") or {}).get("autoencoder"), "file": latent["autoencoder"], "sha256": latent.get("sha256")}
+    if isinstance(cond, dict) and cond.get("base"):
+        out["base"] = {"spec": config.get("base"), "file": cond["base"], "sha256": cond.get("base_sha256")}
+    return out
+
+
+def pin_references(cfg: DictConfig, saved: dict | None, path: Path | None = None) -> dict:
+    """Resolve each REFERENCES key of ``cfg`` to a checkpoint file, once: in a new run, what it names now; in a run resumed
+    from ``saved`` (the checkpoint at ``path``), the file that checkpoint recorded for the same spec, which must still be
+    there, unchanged.  A spec that now names another file, or a file whose content changed, is a one-line error.  ``cfg``'s
+    values become the absolute files; returns ``{key: {"spec", "file", "sha256"}}`` for the checkpoint."""
+    from .io.files import file_sha256
+    from .io.rundir import resolve_checkpoint
+
+    recorded = _recorded_references(saved) if saved is not None else {}
+    pinned = {}
+    for key, tasks in REFERENCES.items():
+        spec = OmegaConf.select(cfg, key)
+        before = recorded.get(key)
+        if not spec:  # (a resumed run that drops one is refused by what needs it: its task, its latent space)
+            continue
+        if before is not None and str(spec) == str(before["spec"]):
+            file = Path(before["file"])  # what this run's spec meant when it started, whatever it names now
+            if not file.is_file():
+                raise UsageError(f"cannot resume from {path}: it was trained with {key}={spec}, which was {file}, and that file is "
+                                 f"not there any more (moved or deleted); put it back or start a new run")
+        else:
+            file = resolve_checkpoint(str(spec), Path(cfg.paths.output_root), key=key, tasks=tasks).resolve()
+        sha256 = file_sha256(file)
+        if before is not None and (str(file) != str(before["file"]) or (before.get("sha256") and sha256 != before["sha256"])):
+            what = "has changed since (SHA-256 mismatch)" if str(file) == str(before["file"]) else f"is now {file}"
+            raise UsageError(f"cannot resume from {path}: it was trained with {key}={before['file']}, and {key}={spec} {what}; the "
+                             f"run's {key} may not change on resume: start a new run")
+        OmegaConf.update(cfg, key, str(file))
+        pinned[key] = {"spec": str(spec), "file": str(file), "sha256": sha256}
+    return pinned
 
 
 def _step_of(path: Path) -> int:

@@ -258,7 +258,7 @@ def load_classifier(spec: str, cfg: DictConfig, source: Source, device: torch.de
         if source.net is not None or source.data.oracle is None:
             raise UsageError("guidance.classifier=oracle is the exact posterior of a mixture: use it with ckpt=oracle dataset=gmm|gmm1d|digits_gmm")
         return Classifier(source.data.oracle.log_posterior, source.data.oracle.num_classes, {"classifier": "oracle"})
-    path = resolve_checkpoint(spec, Path(cfg.paths.output_root), key="guidance.classifier", task="classifier")
+    path = resolve_checkpoint(spec, Path(cfg.paths.output_root), key="guidance.classifier", tasks=("classifier",))
     trained = load_trained(path, device, ema=cfg.ema, task="classifier")
     data = source.data
     if trained.data_shape != data.shape or trained.num_classes != data.num_classes:

@@ -25,7 +25,7 @@ from .loggers import Loggers
 from .models import count_parameters
 from .optim import EMA, lr_lambda
 from .progress import BAR_LINE, progress_bar
-from .resume import StopRequest, check_same_run, continue_run, resume_path, rng_state, set_rng_state, step_seed
+from .resume import StopRequest, check_same_run, continue_run, pin_references, resume_path, rng_state, set_rng_state, step_seed
 from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision
 from .tasks import TASKS
 from .validation import check_streaming, check_training
@@ -50,6 +50,10 @@ class Trainer:
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
+        # the checkpoint this run continues from, and the other runs it names resolved once ('latest' moves as runs are trained)
+        self.resume = resume_path(cfg, self.run_dir)
+        saved = self._resumed_state()
+        self.references = pin_references(cfg, saved, self.resume)
         self.data = load_dataset(cfg.dataset, stream=True)
         self.latent = pixels = None  # latent diffusion: the autoencoder's space the data is seen through, and the data in pixels
         if cfg.task == "controlnet":
@@ -63,7 +67,14 @@ class Trainer:
             if cfg.task not in ("diffusion", "superres", "controlnet"):
                 raise UsageError(f"latent.autoencoder trains a diffusion model in an autoencoder's latent space; task={cfg.task} does not use it")
             self.latent = latent_space(cfg.latent.autoencoder, Path(cfg.paths.output_root), self.device, self.data)
-            pixels, self.data = self.data, latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=True)
+            before = (saved or {}).get("latent")
+            if before is not None:  # a resumed run keeps its scale (measured on other hardware, it could differ in the last digits)
+                self.latent.scale = float(before["scale"])
+            pixels, self.data = self.data, latent_dataset(self.latent, self.data, Path(cfg.paths.cache_dir), measure_scale=before is None)
+        if saved is not None and (saved.get("latent") or {}).get("sha256") != (self.latent.sha256 if self.latent is not None else None):
+            raise UsageError(f"cannot resume from {self.resume}: it was trained in {'the latent space of ' + saved['latent']['autoencoder'] if saved.get('latent') else 'pixels'}, "
+                             f"and this run would train in {'the latent space of ' + self.latent.path if self.latent is not None else 'pixels'}; "
+                             f"the data space may not change on resume")
         check_training(cfg, self.data, self.device, self.precision, self.dist.world, pixels)
         # what is learnt: network, per-item draws, loss, pictures
         self.task = TASKS[cfg.task](cfg, self.data, self.device, pixels=pixels)
@@ -133,6 +144,7 @@ class Trainer:
             "branch": self.branch,
             **({"latent": self.latent.record()} if self.latent is not None else {}),
             **({"cond": self.task.cond.record()} if self.task.cond is not None else {}),
+            "references": self.references,
         }
 
     def save(self) -> Path:
@@ -152,9 +164,17 @@ class Trainer:
         return (f"resume from the last good checkpoint with a lower learning rate: diffctl train resume={self.run_dir} "
                 f"optim.lr={self.cfg.optim.lr / 10:g} (trainer.grad_clip and trainer.precision=fp32 may change on resume too)")
 
+    def _resumed_state(self) -> dict | None:
+        """The checkpoint to resume from, read once (on CPU: RNG states must stay there; load_state_dict moves weights)."""
+        self._saved = None if self.resume is None else load_checkpoint(self.resume)
+        if self._saved is not None:
+            require(self._saved, self.resume, RESUMABLE)
+        return self._saved
+
     def load(self, path: Path) -> dict:
         """Restore the state of checkpoint ``path``; returns the trajectory-changing options that differ (a new branch)."""
-        state = load_checkpoint(path)  # on CPU: RNG states must stay there; load_state_dict moves weights
+        state = self._saved if path == self.resume and self._saved is not None else load_checkpoint(path)
+        self._saved = None
         require(state, path, RESUMABLE)
         changed = check_same_run(state["config"], self.cfg, path)
         try:
@@ -330,7 +350,7 @@ class Trainer:
 
     def fit(self) -> dict:
         tc = self.cfg.trainer
-        resume = resume_path(self.cfg, self.run_dir)
+        resume = self.resume
         if resume is not None:
             changed = self.load(resume)
             if self.dist.main:

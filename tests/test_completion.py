@@ -199,3 +199,20 @@ def test_complete_never_fails_and_the_hidden_command_is_not_listed(shell_env):
     assert complete(shell_env, "nosuchcommand", "x").stdout == ""
     assert "__complete" not in subprocess.run([sys.executable, "-m", "diffctl", "--help"], capture_output=True, text=True,
                                               env=shell_env).stdout
+
+
+def test_the_script_calls_the_diffctl_that_made_it_even_off_path(shell_env, tmp_path):
+    """The Quick start never activates the virtual environment: a script calling a 'diffctl' looked up on PATH completed
+    nothing, silently. It calls the executable that printed it, by its absolute path."""
+    bare = {**shell_env, "PATH": "/usr/bin:/bin"}  # no diffctl on it
+    proc = subprocess.run([sys.executable, "-m", "diffctl", "completion", "bash"], capture_output=True, text=True, env=bare, timeout=120)
+    assert proc.returncode == 0 and f"{sys.executable} -m diffctl __complete" in proc.stdout
+    assert "no diffctl on PATH" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    script = (f'eval "$1"; COMP_LINE="diffctl tr"; COMP_POINT=10; COMP_WORDS=(diffctl tr); COMP_CWORD=1; '
+              f'_diffctl_complete; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    out = subprocess.run(["bash", "-c", script, "bash", proc.stdout], capture_output=True, text=True, env=bare, timeout=120)
+    assert out.stdout.split() == ["train"], out.stderr
+    console = Path(sys.executable).parent / "diffctl"  # the installed console script, where there is one
+    if console.is_file():
+        proc = subprocess.run([str(console), "completion", "zsh"], capture_output=True, text=True, env=bare, timeout=120)
+        assert f"command {console} __complete" in proc.stdout

@@ -14,6 +14,7 @@ removes its temp file, and is one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -24,6 +25,15 @@ from ..errors import UsageError
 
 MAX_JSON_BYTES = 64 << 20  # a record, a config or a metrics log: far beyond any real one
 MAX_DEPTH = 64  # nesting of a JSON document (diffctl's own deepest: a config inside a record, ~6)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's content, read in blocks (a checkpoint may not fit in memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_bytes(path, what: str, max_bytes: int = MAX_JSON_BYTES) -> bytes:

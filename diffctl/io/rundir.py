@@ -106,31 +106,34 @@ def run_task(run_dir: Path) -> str:
     return cfg.get("task", "diffusion") if isinstance(cfg, dict) else "diffusion"
 
 
-def train_runs(output_root: Path, task: str = "diffusion", failed: bool = False) -> list[Path]:
-    """Train run folders of ``task`` under ``output_root`` (single runs and sweep jobs) with a checkpoint,
+SAMPLING = ("diffusion", "superres", "controlnet")  # the tasks whose runs sample: what ckpt=latest means
+
+
+def train_runs(output_root: Path, tasks: tuple = SAMPLING, failed: bool = False) -> list[Path]:
+    """Train run folders of one of ``tasks`` under ``output_root`` (single runs and sweep jobs) with a checkpoint,
     newest first; runs marked FAILED only when ``failed``."""
     root = Path(output_root) / "train"
     if not root.is_dir():
         return []
     runs = {p.parent.parent for p in root.rglob(f"{CKPT_DIR}/step_*.pt") if ABANDONED not in p.relative_to(root).parts}
-    tasks = ("diffusion", "superres", "controlnet") if task == "diffusion" else (task,)  # the models that sample
     runs = [r for r in runs if run_task(r) in tasks and (failed or not (r / "FAILED").exists())]
     return sorted(runs, key=lambda p: max(c.stat().st_mtime for c in list_checkpoints(p / CKPT_DIR)), reverse=True)
 
 
-def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", task: str = "diffusion") -> Path:
+def resolve_checkpoint(spec: str, output_root: Path, key: str = "ckpt", tasks: tuple = SAMPLING) -> Path:
     """``ckpt=`` (or another ``key``) -> a checkpoint file: a file, a run folder (its newest), or
-    ``latest``: the newest train run of ``task`` not marked FAILED (so a classifier run is never a
+    ``latest``: the newest train run of one of ``tasks`` not marked FAILED (so a classifier run is never a
     diffusion model's latest, and a run that failed is used only when named)."""
     if spec == "latest":
-        runs = train_runs(output_root, task)
+        runs = train_runs(output_root, tasks)
         if not runs:
-            failed = train_runs(output_root, task, failed=True)
+            failed = train_runs(output_root, tasks, failed=True)
             if failed:
                 raise UsageError(f"{key}=latest: the train runs with checkpoints under {Path(output_root) / 'train'} are marked FAILED "
                                  f"(newest: {failed[0]}, see its FAILED file); pass {key}=<that folder> to use it anyway")
-            command = "diffctl train" + (f" task={task}" if task != "diffusion" else "")
-            raise UsageError(f"{key}=latest: no {'' if task == 'diffusion' else task + ' '}train run with a checkpoint under {Path(output_root) / 'train'}; "
+            kind = "" if tasks == SAMPLING else " or ".join(f"task={t}" for t in tasks) + " "
+            command = "diffctl train" + (f" task={tasks[0]}" if tasks[0] != "diffusion" else "")
+            raise UsageError(f"{key}=latest: no {kind}train run with a checkpoint under {Path(output_root) / 'train'}; "
                              f"run '{command}' first or pass {key}=<file|run folder>")
         return list_checkpoints(runs[0] / CKPT_DIR)[-1]
     path = Path(spec).expanduser()
