@@ -208,8 +208,8 @@ def test_the_script_calls_the_diffctl_that_made_it_even_off_path(shell_env, tmp_
     proc = subprocess.run([sys.executable, "-m", "diffctl", "completion", "bash"], capture_output=True, text=True, env=bare, timeout=120)
     assert proc.returncode == 0 and f"{sys.executable} -m diffctl __complete" in proc.stdout
     assert "no diffctl on PATH" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    script = (f'eval "$1"; COMP_LINE="diffctl tr"; COMP_POINT=10; COMP_WORDS=(diffctl tr); COMP_CWORD=1; '
-              f'_diffctl_complete; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    script = ('eval "$1"; COMP_LINE="diffctl tr"; COMP_POINT=10; COMP_WORDS=(diffctl tr); COMP_CWORD=1; '
+              '_diffctl_complete; printf "%s\\n" "${COMPREPLY[@]}"')
     out = subprocess.run(["bash", "-c", script, "bash", proc.stdout], capture_output=True, text=True, env=bare, timeout=120)
     assert out.stdout.split() == ["train"], out.stderr
     console = Path(sys.executable).parent / "diffctl"  # the installed console script, where there is one
