@@ -25,6 +25,7 @@ from .errors import UsageError
 from .io.images import save_grid, save_scatter
 from .io.rundir import write_json
 from .metrics import METRICS, EvalContext, Skipped, skip_reason
+from .progress import progress_bar
 from .runtime import load_source, resolve_device
 from .steering import describe_guidance, generate_from_config
 
@@ -102,49 +103,12 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UsageError(f"num_samples={cfg.num_samples}: {', '.join(short)} need{'s' if len(short) == 1 else ''} num_samples >= {len(pixels.test)}, the test split's size, so that "
                          f"their real-vs-real floor is measured at the same count; raise num_samples or leave them out of metrics=[...]")
     rows, once, timings, memo, first = [], {}, {}, {}, None
-    for sampler_cfg, steps in grid:
-        cache = {}
-
-        def samples() -> torch.Tensor:
-            if "x" not in cache:
-                cache["gen"] = gen = generate_from_config(source, cfg, device, steps, sampler_cfg)
-                timings[f"sampling {sampler_cfg.name}x{steps}"] = gen.seconds
-                cache["x"] = quantize(gen.samples if source.latent is None else source.decode(gen.samples), pixels.levels)
-            return cache["x"]
-
-        def labels():
-            samples()
-            return cache["gen"].labels
-
-        def conditioning():
-            samples()
-            return cache["gen"].conditioning
-
-        ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
-                          options={"inception_weights": cfg.inception_weights, "control_kind": getattr(source.cond, "kind", None)},
-                          denoise=source.denoise, labels=labels,
-                          conditioning=conditioning)
-        in_pixels = ctx if source.latent is None else replace(ctx, data=pixels)
-        row = {}
-        for name in active:
-            metric = METRICS[name]
-            if name in skipped or (not metric.uses_samples and name in once):
-                continue
-            if metric.uses_samples:
-                samples()  # so that the metric's own time excludes sampling
-            t0 = time.perf_counter()
-            try:
-                result = {**metric.fn(in_pixels if metric.uses_samples else ctx), "version": metric.version, "seed": cfg.seed}
-            except Skipped as e:
-                skipped[name] = str(e)
-                continue
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-            (row if metric.uses_samples else once)[name] = result
-        gen = cache.get("gen")
-        rows.append({"sampler": gen.sampler if gen else sampler_cfg.name, "steps": steps, "nfe": gen.nfe if gen else None,
-                     "spacing": sampler_cfg.spacing, "metrics": row})
-        last = cache.get("x")
-        first = first or gen
+    stages = len(grid) * sum(METRICS[m].uses_samples for m in active) + sum(not METRICS[m].uses_samples for m in active)
+    with progress_bar("eval", stages) as advance:  # a stage per metric and setting; sampling and the vlb show bars of their own under it
+        for sampler_cfg, steps in grid:
+            rows.append(_evaluate_setting(source, cfg, device, sampler_cfg, steps, active, skipped, once, timings, memo, pixels, advance))
+            gen, last = rows[-1].pop("gen"), rows[-1].pop("x")
+            first = first or gen
     report = {**source.info, "dataset": data.name, "num_samples": cfg.num_samples, "metrics": {**once, **rows[0]["metrics"]},
               "sampler": rows[0]["sampler"], "steps": rows[0]["steps"], "nfe": rows[0]["nfe"], "classifier_nfe": first.classifier_nfe if first else 0,
               "classes": OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes,
@@ -167,6 +131,58 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         _side_by_side(pixels.test, last, run_dir / "real_vs_generated.png", f"{source.label()}: {r['sampler']}, {r['steps']} steps, NFE {r['nfe']}")
     _print_table(report, rows)
     return report
+
+
+def _evaluate_setting(source, cfg, device, sampler_cfg, steps: int, active: list, skipped: dict, once: dict, timings: dict, memo: dict,
+                      pixels, advance) -> dict:
+    """The metrics of one (sampler, steps) setting: its row, with the Generated samples ("gen") and the images scored ("x");
+    metrics that need no samples go into ``once``, the first time only."""
+    data = source.data
+    cache = {}
+
+    def samples() -> torch.Tensor:
+        if "x" not in cache:
+            cache["gen"] = gen = generate_from_config(source, cfg, device, steps, sampler_cfg)
+            timings[f"sampling {sampler_cfg.name}x{steps}"] = gen.seconds
+            cache["x"] = quantize(gen.samples if source.latent is None else source.decode(gen.samples), pixels.levels)
+        return cache["x"]
+
+    def labels():
+        samples()
+        return cache["gen"].labels
+
+    def conditioning():
+        samples()
+        return cache["gen"].conditioning
+
+    ctx = EvalContext(source.alpha_bar, data, samples, Path(cfg.paths.cache_dir), cfg.seed, device, memo,
+                      options={"inception_weights": cfg.inception_weights, "control_kind": getattr(source.cond, "kind", None)},
+                      denoise=source.denoise, labels=labels,
+                      conditioning=conditioning)
+    in_pixels = ctx if source.latent is None else replace(ctx, data=pixels)
+    row = {}
+    for name in active:
+        metric = METRICS[name]
+        if name in skipped or (not metric.uses_samples and name in once):
+            continue
+        advance(0, running=name, setting=f"{sampler_cfg.name} x{steps}")
+        if metric.uses_samples:
+            samples()  # so that the metric's own time excludes sampling
+        t0 = time.perf_counter()
+        try:
+            result = {**metric.fn(in_pixels if metric.uses_samples else ctx), "better": metric.better, "version": metric.version, "seed": cfg.seed}
+        except Skipped as e:
+            skipped[name] = str(e)
+            advance()
+            continue
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        (row if metric.uses_samples else once)[name] = result
+        log.info("%s%s: %s (%.1f s)", name, f" ({sampler_cfg.name} x{steps})" if metric.uses_samples else "",
+                 ", ".join(f"{m} {v}".strip() for m, v, _, _ in _lines("", result)), time.perf_counter() - t0)
+        advance()
+    gen = cache.get("gen")
+    return {"sampler": gen.sampler if gen else sampler_cfg.name, "steps": steps, "nfe": gen.nfe if gen else None,
+            "spacing": sampler_cfg.spacing, "metrics": row, "gen": gen, "x": cache.get("x")}
 
 
 def _primary(row_metrics: dict) -> str | None:
@@ -264,14 +280,16 @@ def _print_table(report: dict, rows: list[dict]) -> None:
         title += f", {describe_guidance(report['guidance'])}"
     elif report.get("classes") is not None:
         title += f", classes={report['classes']}, {describe_guidance(report['guidance'])}"
-    table = Table(title=f"{title}, {report['num_samples']} samples")
-    for col in ("sampler x steps (NFE)", "metric", "value", "floor", "n", "notes"):
+    table = Table(title=f"{title}, {report['num_samples']} samples",
+                  caption="value ± one standard error (docs/metrics.md); floor: held-out real images scored the same way, what a "
+                          "perfect model scores; better: the direction that improves")
+    for col in ("sampler x steps (NFE)", "metric", "value", "floor", "better", "n", "notes"):
         table.add_column(col)
     cells = [("", name, r) for name, r in report["metrics"].items() if name not in rows[0]["metrics"]]
     cells += [(f"{row['sampler']} x{row['steps']} ({row['nfe']})", name, r) for row in rows for name, r in row["metrics"].items()]
     for setting, name, r in cells:
         for i, (metric, value, floor, notes) in enumerate(_lines(name, r)):
-            table.add_row(setting if i == 0 else "", metric, value, floor, str(r["n"]) if i == 0 else "", notes)
+            table.add_row(setting if i == 0 else "", metric, value, floor, r.get("better", "") if i == 0 else "", str(r["n"]) if i == 0 else "", notes)
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes: no wrapping at rich's default 80
     console.print(table)
     for name, reason in report["skipped"].items():

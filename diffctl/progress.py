@@ -67,22 +67,34 @@ def status_text(status: dict) -> str:
     return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in status.items())
 
 
+_shared: list = [None]  # the one live Progress while any bar shows: bars opened inside another (eval's stages) share it
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, start: int = 0, per_item: int | None = None):
     """Yield ``advance(n=1, **status)``: moves the bar and shows the rate (img/s too with ``per_item`` images per item)
-    plus the latest status fields."""
-    with _progress() as progress:
-        task = progress.add_task(description, total=total, completed=start, rate="", status="")
-        shown = not progress.disable
-        _live[0] += shown
+    plus the latest status fields.  A bar opened while another shows is a line under it, removed when it ends."""
+    outer = _shared[0] is None
+    if outer:
+        _shared[0] = _progress()
+        _shared[0].start()
+    progress = _shared[0]
+    task = progress.add_task(description, total=total, completed=start, rate="", status="")
+    shown = not progress.disable
+    _live[0] += shown
 
-        def advance(n: int = 1, **status) -> None:
-            fields = {"rate": rate_text(progress.tasks[task].speed, per_item)}
-            if status:
-                fields["status"] = status_text(status)
-            progress.update(task, advance=n, **fields)
+    def advance(n: int = 1, **status) -> None:
+        fields = {"rate": rate_text(next(t for t in progress.tasks if t.id == task).speed, per_item)}
+        if status:
+            fields["status"] = status_text(status)
+        progress.update(task, advance=n, **fields)
 
-        try:
-            yield advance
-        finally:
-            _live[0] -= shown
+    try:
+        yield advance
+    finally:
+        _live[0] -= shown
+        if outer:
+            progress.stop()
+            _shared[0] = None
+        else:
+            progress.remove_task(task)

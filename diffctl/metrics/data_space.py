@@ -38,7 +38,7 @@ def energy(ctx: EvalContext) -> dict:
     return _two_sample(ctx, energy_distance)
 
 
-@register("logp_true", known_density)
+@register("logp_true", known_density, better="higher")
 @torch.no_grad()
 def logp_true(ctx: EvalContext) -> dict:
     """Mean log-density of the samples under the true data distribution (nats per item).

@@ -86,7 +86,7 @@ def _images(data):
     return None if data.is_image else "needs image data"
 
 
-@register("sr_psnr", _images)
+@register("sr_psnr", _images, better="higher")
 @torch.no_grad()
 def sr_psnr(ctx: EvalContext) -> dict:
     """PSNR of super-resolved samples against the real images, beside bicubic upsampling's."""
@@ -94,7 +94,7 @@ def sr_psnr(ctx: EvalContext) -> dict:
     return _mean(psnr(samples, real), psnr(_bicubic(low, f), real))
 
 
-@register("sr_ssim", _images)
+@register("sr_ssim", _images, better="higher")
 @torch.no_grad()
 def sr_ssim(ctx: EvalContext) -> dict:
     """SSIM of super-resolved samples against the real images, beside bicubic upsampling's."""
@@ -111,7 +111,7 @@ def sr_consistency(ctx: EvalContext) -> dict:
     return _mean(err(samples), err(_bicubic(low, f)))
 
 
-@register("control_fidelity", _images)
+@register("control_fidelity", _images, better="higher")
 @torch.no_grad()
 def control_fidelity(ctx: EvalContext) -> dict:
     """How well a ControlNet's samples follow their controls (``control.fidelity``), beside the real images they came from."""

@@ -252,7 +252,7 @@ def kid(ctx: EvalContext) -> dict:
             "floor_n": f.n, **_common(f)}
 
 
-@register("is", _rgb_images, equal_count=True)
+@register("is", _rgb_images, equal_count=True, better="higher")
 def is_(ctx: EvalContext) -> dict:
     """Inception Score of all generated samples (higher is better; at most 1008 classes).
 

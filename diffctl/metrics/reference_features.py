@@ -71,7 +71,7 @@ def kid_ref(ctx: EvalContext) -> dict:
     return {**with_floor(kid, fake, test, ctx.seed), "n": len(fake), "floor_n": len(test), "reference": info}
 
 
-@register("prdc_ref", images_with_classes, version=2, equal_count=True)
+@register("prdc_ref", images_with_classes, version=2, equal_count=True, better="higher")
 def prdc_ref(ctx: EvalContext) -> dict:
     """Precision / recall (k = 3) and density / coverage (k = 5) in reference features, vs the train split.
 
@@ -89,7 +89,7 @@ def prdc_ref(ctx: EvalContext) -> dict:
             "n": n, "reference": info}
 
 
-@register("cond_acc", images_with_classes, equal_count=True)
+@register("cond_acc", images_with_classes, equal_count=True, better="higher")
 @torch.no_grad()
 def cond_acc(ctx: EvalContext) -> dict:
     """Conditional accuracy: how often the reference classifier assigns a sample its requested class (for prompts,

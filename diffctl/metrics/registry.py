@@ -44,15 +44,19 @@ class Metric:
     uses_samples: bool = True  # False: computed once per checkpoint, not per sampler setting
     needs_net: bool = False  # True: needs a trained network's Denoiser (the oracle has none)
     equal_count: bool = False  # True: scored against a real-vs-real floor at the test split's size, so needs num_samples >= it
+    better: str = "lower"  # which way the value improves: lower (distances, losses, likelihood bounds) | higher
 
 
 METRICS = Registry("metric", make=Metric)
 
 
 def register(name: str, applies: Callable[[object], Optional[str]], version: int = 1, uses_samples: bool = True, needs_net: bool = False,
-             equal_count: bool = False):
+             equal_count: bool = False, better: str = "lower"):
     """Decorator: register ``fn(ctx) -> dict`` as metric ``name`` (``applies``: data -> None or why not)."""
-    return METRICS.register(name, applies=applies, version=version, uses_samples=uses_samples, needs_net=needs_net, equal_count=equal_count)
+    if better not in ("lower", "higher"):
+        raise ValueError(f"metric {name}: better={better!r} is not lower or higher")
+    return METRICS.register(name, applies=applies, version=version, uses_samples=uses_samples, needs_net=needs_net, equal_count=equal_count,
+                            better=better)
 
 
 def skip_reason(metric: Metric, data, trained: bool) -> Optional[str]:
