@@ -174,7 +174,7 @@ def save_control_grid(controls: torch.Tensor, reals: Optional[torch.Tensor], sam
         mine = samples[j::m][:per_row].float()
         rows.append(torch.cat([shown[j:j + 1], mine, torch.zeros(per_row - len(mine), *samples.shape[1:]),
                                reals[j:j + 1] if reals is not None else torch.zeros(1, *samples.shape[1:])]))
-    save_grid(torch.cat(rows), path, nrow=per_row + 2)
+    save_grid(torch.cat(rows), path, nrow=per_row + 2, headers=[("control", 1), ("samples", per_row), ("real", 1)])
     return path
 
 

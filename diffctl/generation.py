@@ -79,6 +79,20 @@ def class_columns(labels, most: int = 16) -> int:
     return k if 1 < k <= most and torch.equal(labels, class_labels(len(labels), labels[:k].tolist())) else 0
 
 
+def grid_layout(labels, prompts, title: str, most: int = 16) -> dict:
+    """``save_grid``'s title and layout for images asked for ``labels`` / ``prompts`` (as cycled over the images): one row
+    per prompt with its text at the left, or one headed column per class; a single prompt goes into the title."""
+    if prompts:
+        distinct = list(dict.fromkeys(prompts))
+        if len(distinct) == 1:
+            return {"title": f'{title}; prompt "{distinct[0]}"'}
+        if len(distinct) <= most and all(p == distinct[i % len(distinct)] for i, p in enumerate(prompts)):
+            return {"title": title, "rows": [list(range(j, len(prompts), len(distinct))) for j in range(len(distinct))], "row_labels": distinct}
+        return {"title": title}
+    k = class_columns(labels, most)
+    return {"title": title, "nrow": k, "headers": [(f"class {c}", 1) for c in labels[:k].tolist()]} if k else {"title": title}
+
+
 @dataclass
 class Conditioning:
     """What steers generation: a condition per image (class labels, or prompts as token ids) with classifier-free

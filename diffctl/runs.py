@@ -67,6 +67,34 @@ def _evaluations(folders: list[Path]) -> dict:
     return evals
 
 
+# What a training loss means: runs that differ in one average other errors over other noise levels, so their raw losses
+# do not compare (their held-out x0 error at common noise levels, heldout_x0_mse, does).
+OBJECTIVE = ("task", "schedule", "loss", "model.prediction", "model.sigma_data", "latent.autoencoder")
+
+
+def _objective(folder: Path) -> dict:
+    """The OBJECTIVE entries of a run's config.yaml, flattened (``{"schedule.name": "cosine", ...}``); {} if unreadable."""
+    try:
+        config = yaml.safe_load(read_bytes(folder / "config.yaml", "config.yaml", 1 << 22)) or {}
+    except (UsageError, yaml.YAMLError, RecursionError):
+        return {}
+    out = {}
+    for key in OBJECTIVE:
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        items = node.items() if isinstance(node, dict) else [("", node)]
+        out.update({f"{key}.{k}" if k else key: str(v) for k, v in items})
+    return out
+
+
+def objective_differences(folders: list[Path]) -> list[str]:
+    """The OBJECTIVE keys in which the runs differ, e.g. ``["schedule.name"]``."""
+    objectives = [_objective(f) for f in folders]
+    keys = sorted(set().union(*objectives)) if objectives else []
+    return [k for k in keys if len({o.get(k) for o in objectives}) > 1]
+
+
 def _row(folder: Path, root: Path, evals: dict) -> dict:
     try:
         names = {p.name for p in folder.iterdir()}
@@ -152,26 +180,44 @@ def compare(folders: list[Path], out: Path, root: Path) -> Path:
         runs.append(_row(folder, Path(root), evals))
     shared = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
     labels = [" ".join(o for o in r["overrides"] if o not in shared) or r["folder"].name for r in runs]
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
-    for label, run, color in zip(labels, runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
-        steps = [(r["step"], r["loss"]) for r in run["records"] if isinstance(r.get("loss"), (int, float))]
-        held = [(r["step"], r["heldout_loss"]) for r in run["records"] if isinstance(r.get("heldout_loss"), (int, float))]
-        if steps:
-            curves.plot(*zip(*steps), color=color, label=label)
-        if held:
-            curves.plot(*zip(*held), color=color, ls="--", marker="o", ms=3)
+    common = any(isinstance(r.get("heldout_x0_mse"), (int, float)) for run in runs for r in run["records"])
+    differ = objective_differences([r["folder"] for r in runs])
+    fig, axes = plt.subplots(1, 2 + common, figsize=(16 if common else 12, 5), dpi=100, gridspec_kw={"width_ratios": [2, 2, 1][-(2 + common):]})
+    curves, bars = axes[0], axes[-1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10
+    for label, run, color in zip(labels, runs, colors):
+        series = lambda key: [(r["step"], r[key]) for r in run["records"] if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+        if series("loss"):
+            curves.plot(*zip(*series("loss")), color=color, label=label, alpha=0.6 if differ else 1.0)
+        if series("heldout_loss"):
+            curves.plot(*zip(*series("heldout_loss")), color=color, ls="--", marker="o", ms=3, alpha=0.6 if differ else 1.0)
+        if common and series("heldout_x0_mse"):
+            axes[1].plot(*zip(*series("heldout_x0_mse")), color=color, marker="o", ms=3, label=label)
     curves.set_yscale("log")
     curves.set_xlabel("step")
     curves.set_ylabel("loss (solid: training, dashed: held-out)")
     curves.grid(alpha=0.3, which="both")
-    curves.legend(fontsize=8)
+    if differ:  # each run's loss averages its own weighting over its own noise levels: one axis would suggest a ranking
+        groups = sorted({k.split(".")[0] if not k.startswith("model.") else k for k in differ})
+        curves.set_title(f"training losses: NOT comparable (the runs differ in {', '.join(groups)})", color="firebrick", fontsize=9)
+    else:
+        curves.set_title("training and held-out loss", fontsize=9)
+    if common:
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("held-out x0 MSE")
+        axes[1].set_title("held-out x0 error at 8 common noise levels (sigma 0.05-10): comparable", fontsize=9)
+        axes[1].grid(alpha=0.3, which="both")
+    handles, names = curves.get_legend_handles_labels()
+    if handles:  # under the plots, never over a curve
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     evals = [r["eval"] for r in runs]
     bars.axis("off")
     bars.set_title("latest evaluation")
     bars.text(0, 1, "\n\n".join(f"{label}:\n  {e or 'not evaluated'}" for label, e in zip(labels, evals)), va="top", family="monospace", fontsize=8,
               transform=bars.transAxes)
     fig.suptitle(f"{len(runs)} runs" + (f"; shared: {' '.join(sorted(shared))}" if shared else ""), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
     fig.savefig(out)
     plt.close(fig)
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .generation import class_columns
+from .generation import grid_layout
 from .io.images import save_inpaint_grid, save_samples
 from .io.rundir import write_json
 from .runtime import load_source, resolve_device
@@ -28,7 +28,8 @@ def run_sample(cfg: DictConfig, run_dir: Path) -> dict:
     cond = gen.conditioning
     log.info("visited timesteps: %s", gen.timesteps)
     title = f"{source.label()}: {gen.sampler}, {cfg.steps} steps, NFE {gen.nfe}" + (f", {describe_guidance(gen.guidance)}" if gen.guidance else "")
-    files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=title, nrow=class_columns(gen.labels))
+    layout = grid_layout(gen.labels, gen.prompts, title)
+    files = save_samples(samples, run_dir, reference=data.test if not data.is_image else None, title=layout.pop("title"), layout=layout)
     if data.shape == (1,) and source.decode is None:  # 1-D data: reverse trajectories over the forward density (diffctl.io.plots1d)
         from .trajectories import save_sample_picture_1d
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
-from .generation import Conditioning, class_columns, generate
+from .generation import Conditioning, generate, grid_layout
 from .io.images import save_accuracy_plot, save_grid, save_scatter
 from .metrics.classifier import accuracy_by_timestep
 
@@ -19,16 +19,19 @@ def sample_grid(denoise: Callable, alpha_bar: torch.Tensor, cfg: DictConfig, dat
     """``trainer.num_grid`` samples of ``cfg.sampler`` with ``trainer.sample_steps`` steps (``cond``: what a conditional
     model is asked for), as ``step_<step>.png``; ``decode`` maps latents to pixels first (latent diffusion)."""
     tc = cfg.trainer
-    samples = generate(denoise, alpha_bar, cfg.sampler, min(tc.sample_steps, len(alpha_bar)), tc.num_grid, data.shape, seed=cfg.seed,
-                       device=device, bounded=data.levels is not None, cond=cond).samples
-    samples = decode(samples) if decode is not None else samples
+    steps = min(tc.sample_steps, len(alpha_bar))
+    gen = generate(denoise, alpha_bar, cfg.sampler, steps, tc.num_grid, data.shape, seed=cfg.seed, device=device,
+                   bounded=data.levels is not None, cond=cond)
+    samples = decode(gen.samples) if decode is not None else gen.samples
     path = folder / f"step_{step:08d}.png"
     folder.mkdir(exist_ok=True)
+    run = folder.parent  # the run folder, named as sample grids name it: <date>/<time>
+    title = f"{run.parent.name}/{run.name} step {step} (EMA): {gen.sampler}, {steps} steps, NFE {gen.nfe}"
     if data.is_image:
-        save_grid(samples, path, nrow=class_columns(cond.labels if cond is not None else None),
-                  title=f"step {step}: {cfg.sampler.name}, {min(tc.sample_steps, len(alpha_bar))} steps")
+        layout = grid_layout(cond.labels if cond is not None else None, cond.prompts if cond is not None else None, title)
+        save_grid(samples, path, **layout)
     else:
-        save_scatter(samples, path, reference=data.test, title=f"step {step}")
+        save_scatter(samples, path, reference=data.test, title=title)
     return path
 
 

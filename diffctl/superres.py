@@ -139,5 +139,5 @@ def save_superres_grid(lows: torch.Tensor, reals: Optional[torch.Tensor], sample
         row.append(torch.zeros(per_row - len(mine), *samples.shape[1:]))
         row.append(reals[j:j + 1] if reals is not None else torch.zeros(1, *samples.shape[1:]))
         rows.append(torch.cat(row))
-    save_grid(torch.cat(rows), path, nrow=per_row + 3)
+    save_grid(torch.cat(rows), path, nrow=per_row + 3, headers=[("low-res", 1), ("bicubic", 1), ("samples", per_row), ("real", 1)])
     return path

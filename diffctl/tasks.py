@@ -14,6 +14,7 @@ loss of a batch, the picture a snapshot draws, and the zero-output reference of 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -47,6 +48,11 @@ class ZeroNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *cond) -> torch.Tensor:
         return x.new_zeros(len(x), self.classes) if self.classes else torch.zeros_like(x)
+
+
+# Noise levels inside every built-in schedule's range (linear 0.01-157, cosine 0.006-2e4, scaled_linear 0.03-14.6, edm
+# 0.002-80), log-spaced: where the held-out x0 error of runs on different schedules is measured alike.
+COMMON_SIGMAS = torch.logspace(math.log10(0.05), math.log10(10.0), 8, dtype=torch.float64)
 
 
 class DiffusionTask:
@@ -98,6 +104,13 @@ class DiffusionTask:
     def loss(self, wrapped, batch: dict) -> torch.Tensor:
         return wrapped.loss(batch["x0"], batch["sigma"], batch["noise"], self.objective.weight, batch.get("y"))
 
+    def common_loss(self, wrapped, batch: dict) -> torch.Tensor | None:
+        """The x0 error ||D(x0 + sigma noise, sigma) - x0||^2 of a held-out batch at COMMON_SIGMAS (cycled over its items),
+        unweighted: the same quantity for any schedule, prediction and loss weighting, so runs that differ in them compare on
+        it (their training losses average other errors over other noise levels)."""
+        sigma = COMMON_SIGMAS.to(batch["x0"].device).repeat(len(batch["x0"]) // len(COMMON_SIGMAS) + 1)[:len(batch["x0"])]
+        return wrapped.loss(batch["x0"], sigma, batch["noise"], lambda s, _: torch.ones_like(s), batch.get("y"))
+
     def zero_net(self) -> torch.nn.Module | None:
         return ZeroNet()
 
@@ -148,6 +161,9 @@ class ClassifierTask(DiffusionTask):
     def loss(self, wrapped, batch):
         return wrapped.loss(batch["x0"], batch["y"], batch["sigma"], batch["noise"])
 
+    def common_loss(self, wrapped, batch):
+        return None  # a classifier's loss does not depend on the schedule's weighting
+
     def zero_net(self):
         return ZeroNet(self.data.num_classes)
 
@@ -184,6 +200,9 @@ class AutoencoderTask:
     def loss(self, wrapped, batch):
         return wrapped.loss(batch["x0"], batch["noise"])
 
+    def common_loss(self, wrapped, batch):
+        return None  # no noise levels
+
     def zero_net(self):
         return None  # no zero-output reference: a collapse is not this task's failure
 
@@ -214,8 +233,12 @@ class AutoencoderTask:
         net.train()
         folder.mkdir(exist_ok=True)
         path = folder / f"reconstructions_{step:08d}.png"
-        save_grid(torch.cat([x.cpu(), recon.cpu()]), path)  # test images, then their reconstructions
         record = self.reconstruction_metrics(net)
+        chunks = [list(range(i, min(i + 8, n))) for i in range(0, n, 8)]  # rows of 8: test images, then their reconstructions
+        run = folder.parent
+        save_grid(torch.cat([x.cpu(), recon.cpu()]), path, rows=[r for c in chunks for r in (c, [n + i for i in c])],
+                  row_labels=["test", "reconstructed"] * len(chunks),
+                  title=f"{run.parent.name}/{run.name} step {step} (EMA): test PSNR {record['test_psnr']:.2f} dB")
         log.info("step %d: test reconstructions: MSE %.5f, PSNR %.2f dB%s", step, record["test_recon_mse"], record["test_psnr"],
                  f", fd_ref {record['test_recon_fd_ref']:.2f} (real test images: {record['test_fd_ref_floor']:.2f})" if "test_recon_fd_ref" in record else "")
         return path, "reconstructions", record

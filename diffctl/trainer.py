@@ -314,9 +314,9 @@ class Trainer:
         return path
 
     @torch.no_grad()
-    def heldout_loss(self, net: torch.nn.Module | None = None) -> float:
+    def heldout_loss(self, net: torch.nn.Module | None = None, common: bool = False) -> float | None:
         """The training objective of the current network (or ``net``) on a fixed batch of the test split (``trainer.eval_batch``
-        items) at fixed noise levels and noise: the same batch every time, drawn from a generator of its own, so the
+        items) at fixed noise levels and noise (``common``: the task's ``common_loss`` instead, None if it has none): the same batch every time, drawn from a generator of its own, so the
         run's own draws (and a resume's bit-exactness) are untouched.  Every rank computes it (no collective)."""
         if self._heldout_batch is None:
             g = torch.Generator().manual_seed(self.cfg.seed + 1)
@@ -329,10 +329,10 @@ class Trainer:
         net.eval()  # no dropout
         try:
             with autocast(self.device, self.precision):
-                loss = self.task.loss(self.task.wrap(net), self._heldout_batch)
+                loss = (self.task.common_loss if common else self.task.loss)(self.task.wrap(net), self._heldout_batch)
         finally:
             net.train()
-        return loss.float().mean().item()
+        return None if loss is None else loss.float().mean().item()
 
     def watch_loss(self, loss: float | None) -> None:
         """Warn (once) when the logged loss shows a collapse to predicting zero or a divergence, with the likely cause."""
@@ -393,6 +393,9 @@ class Trainer:
                               "skipped": self.pending.skipped}
                     if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
                         record["heldout_loss"] = heldout = self.heldout_loss()
+                        common = self.heldout_loss(common=True)  # comparable across schedules and objectives (diffctl compare)
+                        if common is not None:
+                            record["heldout_x0_mse"] = common
                     if self.dist.main:
                         self.watch_loss(record["loss"])
                         self.metrics.write(step=self.step, **record)

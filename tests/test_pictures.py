@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffctl.generation import class_columns, class_labels
-from diffctl.io.images import MASK_COLOUR, save_grid, save_inpaint_grid
+from diffctl.evaluation import nfe_ticks
+from diffctl.generation import class_columns, class_labels, grid_layout
+from diffctl.io.images import MASK_COLOUR, TITLE_WIDTH, save_grid, save_inpaint_grid
 
 
 def test_a_class_cycled_batch_gets_one_column_per_class():
@@ -24,8 +25,42 @@ def test_a_titled_grid_is_the_plain_grid_under_a_band_of_text(tmp_path):
     plain, titled = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")) for n in ("plain", "titled"))
     band = titled.shape[0] - plain.shape[0]
     assert band > 20  # two lines of text
-    assert np.array_equal(titled[band:, : plain.shape[1]], plain)  # the grid itself is untouched
+    assert titled.shape[1] == TITLE_WIDTH > plain.shape[1]  # a narrow grid: centred under its title, not left of a white strip
+    left = (TITLE_WIDTH - plain.shape[1]) // 2
+    assert np.array_equal(titled[band:, left:left + plain.shape[1]], plain)  # the grid itself is untouched
     assert (titled[:band] < 128).any()  # something is written in the band
+
+
+def test_a_long_title_wraps_to_the_grid_instead_of_widening_the_picture(tmp_path):
+    images = torch.rand(64, 1, 8, 8) * 2 - 1  # 8 x 8 cells of 72 px: 584 px wide
+    title = "2026-12-07/09-20-15/step_00000400.pt (step 400): ddim, 50 steps, NFE 50, guidance w=3 " * 3
+    save_grid(images, tmp_path / "g.png", title=title)
+    save_grid(images, tmp_path / "plain.png")
+    img, plain = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("L")) for n in ("g", "plain"))
+    assert img.shape[1] == plain.shape[1]  # (it was 8 px per character: 2,000 px of white right of the grid)
+    band = img.shape[0] - plain.shape[0]
+    assert band > 3 * 15 and (img[:band] < 128).any()  # three lines or more
+
+
+def test_prompts_get_a_row_each_with_their_text_and_classes_a_headed_column_each(tmp_path):
+    prompts = ["the digit three", "a seven", "zero", "the digit one"] * 3 + ["the digit three", "a seven"]  # 14 images
+    layout = grid_layout(None, prompts, "title")
+    assert layout["row_labels"] == ["the digit three", "a seven", "zero", "the digit one"]
+    assert layout["rows"] == [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10], [3, 7, 11]]  # image i has prompt i mod 4
+    assert grid_layout(None, ["a cat"] * 5, "t") == {"title": 't; prompt "a cat"'}
+    assert grid_layout(class_labels(6, [3, 7]), None, "t")["headers"] == [("class 3", 1), ("class 7", 1)]
+    images = torch.rand(14, 1, 8, 8) * 2 - 1
+    save_grid(images, tmp_path / "rows.png", rows=layout["rows"], row_labels=layout["row_labels"])
+    save_grid(images[:4], tmp_path / "plain.png", nrow=4)
+    img, plain = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("L")) for n in ("rows", "plain"))
+    margin = img.shape[1] - plain.shape[1]
+    assert margin > 40 and (img[:, :margin] < 128).any()  # the prompts, at the left
+    assert img.shape[0] == 4 * plain.shape[0] - 3 * 8  # four rows (sharing the padding between them, 8 px upscaled)
+
+
+def test_nfe_ticks_keep_the_round_one_of_close_neighbours():
+    assert nfe_ticks([10, 19, 20, 40]) == [10, 20, 40]  # heun's 19 beside 20: 20 was lost
+    assert nfe_ticks([18, 20]) == [20] and nfe_ticks([5, 10, 100]) == [5, 10, 100]
 
 
 def test_the_region_to_regenerate_is_magenta_unlike_the_grids_grey(tmp_path):

@@ -20,6 +20,6 @@ def test_runs_and_compare_show_what_tells_sweep_jobs_apart(diffctl, tmp_path):
     assert first["eval"] == "" and second["eval"].startswith("test_loss ")  # the eval of job 1's checkpoint, shown on its row
     out = tmp_path / "cmp.png"
     proc = diffctl("compare", str(jobs[0]), str(jobs[1]), "--out", str(out), "--output-root", str(diffctl.root))
-    assert f"compare: {out}" in proc.stdout and Image.open(out).size == (1200, 450)
+    assert f"compare: {out}" in proc.stdout and Image.open(out).size == (1600, 500)  # with the held-out x0 error panel
     bad = diffctl("compare", str(tmp_path), "--out", str(out), check=False)
     assert bad.returncode == 2 and "is not a run folder" in bad.stderr

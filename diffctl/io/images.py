@@ -18,12 +18,19 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 PAD = 1  # pixels between grid cells, before upscaling
 
 
-def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0, title: str = "", headers: list | None = None) -> None:
+def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0, title: str = "", headers: list | None = None,
+              row_labels: list | None = None, rows: list | None = None) -> None:
     """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, upscaled so small images stay visible, with ``title`` above
-    it and ``headers``, ``[(text, columns), ...]``, over consecutive spans of its columns (what each column is)."""
+    it (wrapped to the picture's width), ``headers``, ``[(text, columns), ...]``, over consecutive spans of its columns
+    (what each column is) and ``row_labels`` at the left of its rows (what each row is: a prompt, test or reconstructed).
+    ``rows``: the indices of the images of each row (shorter rows end in blank cells), instead of ``nrow`` a row."""
     from PIL import Image
     from torchvision.utils import make_grid
 
+    if rows:
+        nrow = max(map(len, rows))
+        blank = torch.zeros(1, *images.shape[1:])
+        images = torch.cat([torch.cat([images[r].float(), blank.expand(nrow - len(r), *images.shape[1:])]) for r in rows])
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(images)))))
     grid = make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=nrow, padding=PAD, pad_value=0.5)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -32,8 +39,9 @@ def save_grid(images: torch.Tensor, path: Path, scale: int = 0, nrow: int = 0, t
     img = Image.fromarray(arr)
     scale = scale or max(1, 256 // max(images.shape[-1], 1) // 4)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    if title or headers:
-        img = _annotate(img, title, headers or [], (images.shape[-1] + PAD) * scale, PAD * scale)
+    if title or headers or row_labels:
+        img = _annotate(img, title, headers or [], list(row_labels or []), (images.shape[-1] + PAD) * scale, (images.shape[-2] + PAD) * scale,
+                        PAD * scale)
     img.save(path)
 
 
@@ -46,29 +54,53 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _annotate(img, title: str, headers: list, cell: int, pad: int):
-    """``img`` below a white band with ``title`` and, centred over their spans of ``cell``-pixel columns, ``headers``."""
+def _wrap(draw, text: str, font, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken at spaces (a word longer than that gets a line of its own)."""
+    lines = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+TITLE_WIDTH = 360  # the narrowest a titled picture is: a grid narrower than this is centred under its title
+
+
+def _annotate(img, title: str, headers: list, row_labels: list, cell: int, row: int, pad: int):
+    """``img`` below a white band with ``title`` (wrapped) and, centred over their spans of ``cell``-pixel columns,
+    ``headers``; ``row_labels`` in a margin at its left, one per ``row``-pixel row."""
     from PIL import Image, ImageDraw
 
     size = 13
     font, small = _font(size), _font(size - 2)
-    lines = (1 if title else 0) + (1 if headers else 0)
-    band = lines * (size + 6) + 4
-    out = Image.new("RGB", (max(img.width, 8 * len(title) if title else 0), img.height + band), "white")
-    out.paste(img.convert("RGB"), (0, band))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_lines = [_wrap(measure, str(t), small, 220) for t in row_labels]
+    margin = int(max((measure.textlength(l, font=small) for ls in label_lines for l in ls), default=-8)) + 8 if row_labels else 0
+    width = max(img.width + margin, TITLE_WIDTH if title else 0)
+    title_lines = _wrap(measure, title, font, width - 8) if title else []
+    band = len(title_lines) * (size + 4) + (size + 6 if headers else 0) + (4 if title_lines or headers else 0)
+    out = Image.new("RGB", (width, img.height + band), "white")
+    left = margin + (width - margin - img.width) // 2  # centred when the title is the wider
+    out.paste(img.convert("RGB"), (left, band))
     draw = ImageDraw.Draw(out)
     y = 2
-    if title:
-        draw.text((4, y), title, fill="black", font=font)
-        y += size + 6
-    x = pad
+    for line in title_lines:
+        draw.text((4, y), line, fill="black", font=font)
+        y += size + 4
+    x = left + pad
     for text, span in headers:
-        width = span * cell - pad
+        w_span = span * cell - pad
         if text:
             w = draw.textlength(text, font=small)
-            draw.text((x + max(0, (width - w) / 2), y), text, fill="black", font=small)
-            draw.line([(x, y + size + 1), (x + width, y + size + 1)], fill="gray")
+            draw.text((x + max(0, (w_span - w) / 2), y), text, fill="black", font=small)
+            draw.line([(x, y + size + 1), (x + w_span, y + size + 1)], fill="gray")
         x += span * cell
+    for i, lines in enumerate(label_lines):
+        top = band + pad + i * row + (row - pad - len(lines) * (size + 1)) / 2
+        for j, line in enumerate(lines):
+            draw.text((4, top + j * (size + 1)), line, fill="black", font=small)
     return out
 
 
@@ -129,11 +161,12 @@ def save_inpaint_grid(known: torch.Tensor, keep: torch.Tensor, samples: torch.Te
     return path
 
 
-def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "", nrow: int = 0) -> dict:
-    """Write ``grid.png`` (titled; ``nrow`` images per row) and ``samples.npz`` (``images`` uint8 [N,H,W,C], or ``x`` float [N, D])."""
+def save_samples(samples: torch.Tensor, run_dir: Path, reference: torch.Tensor | None = None, title: str = "", layout: dict | None = None) -> dict:
+    """Write ``grid.png`` (titled; ``layout``: save_grid's rows / nrow / headers / row_labels) and ``samples.npz`` (``images``
+    uint8 [N,H,W,C], or ``x`` float [N, D])."""
     run_dir = Path(run_dir)
     if samples.ndim == 4:
-        save_grid(samples, run_dir / "grid.png", nrow=nrow, title=title)
+        save_grid(samples, run_dir / "grid.png", title=title, **(layout or {}))
         np.savez_compressed(run_dir / "samples.npz", images=to_uint8(samples))
     else:
         save_scatter(samples, run_dir / "grid.png", reference=reference, title=title)
