@@ -57,7 +57,6 @@ def test_the_common_noise_heldout_error_is_the_same_quantity_for_every_schedule(
     """The raw losses of schedule=linear and schedule=cosine average over different noise levels; heldout_x0_mse measures
     every run at the same 8 levels. A network that outputs zero eps has D(x0 + sigma z, sigma) = x0 + sigma z, so its x0
     error is sigma^2 |z|^2 / d whatever the schedule."""
-    import torch
     from conftest import make_trainer
 
     from diffctl.tasks import COMMON_SIGMAS
