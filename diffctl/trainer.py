@@ -316,8 +316,9 @@ class Trainer:
     @torch.no_grad()
     def heldout_loss(self, net: torch.nn.Module | None = None, common: bool = False) -> float | None:
         """The training objective of the current network (or ``net``) on a fixed batch of the test split (``trainer.eval_batch``
-        items) at fixed noise levels and noise (``common``: the task's ``common_loss`` instead, None if it has none): the same batch every time, drawn from a generator of its own, so the
-        run's own draws (and a resume's bit-exactness) are untouched.  Every rank computes it (no collective)."""
+        items) at fixed noise levels and noise (``common``: the task's ``common_loss`` instead, None if it has none): the
+        same batch every time, drawn from a generator of its own, so the run's own draws (and a resume's bit-exactness) are
+        untouched.  Every rank computes it (no collective)."""
         if self._heldout_batch is None:
             g = torch.Generator().manual_seed(self.cfg.seed + 1)
             n = min(len(self.data.test), self.cfg.trainer.eval_batch)
