@@ -52,7 +52,7 @@ python3 -c "import diffctl.configs" 2>/dev/null || python3 -m pip install -q --n
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 # --- 2. the CUDA tests ---------------------------------------------------------------------------------
-step cuda_tests 150 python3 -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py --junitxml="$work/cuda_tests.xml"
+step cuda_tests 150 python3 -m pytest -o addopts=-ra -m cuda -q -p no:cacheprovider tests/test_cuda.py --junitxml="$work/cuda_tests.xml"
 
 # --- 3. the bench: unet_base (DDPM's CIFAR-10 layout), 3x32x32, batch 128, bf16 -------------------------
 step bench_eager 100 python3 scripts/bench.py "${bench_args[@]}" --device "$device" --peer diffusers --trainer --out "$work/bench_eager.json"

@@ -183,7 +183,7 @@ def run_one(m: Mutation, timeout: int) -> dict:
         env = {**os.environ, "PYTHONPATH": str(dest), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         t0 = time.perf_counter()
         for stage in ([*m.first], ["tests"]) if m.first else (["tests"],):
-            cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *stage]
+            cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-o", "addopts=-ra", "-m", "not slow", "-p", "no:cacheprovider", *stage]  # (mutants run --jobs at once)
             try:
                 proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:

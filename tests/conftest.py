@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# One CPU thread per test process, and for the diffctl processes it starts (they inherit the variable): on 2 cores, torch's
+# default of a thread per core oversubscribes them whenever two processes run (a test and its CLI child, two xdist workers).
+# A test about threads sets its own (threads=N, or OMP_NUM_THREADS in a child's environment).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 TINY_TRAIN = [
     "model=unet_tiny", "trainer.steps=4", "trainer.batch_size=8", "trainer.ckpt_every=2", "trainer.sample_every=2",
     "trainer.sample_steps=3", "trainer.num_grid=4", "trainer.log_every=1", "optim.warmup_steps=1",
