@@ -70,24 +70,64 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+PATHED = ("train", "sample", "eval", "inspect-schedule", "export")  # the commands that take paths.cache_dir=
+
+
 @pytest.fixture
-def diffctl(tmp_path, cache_dir):
-    """Run the real CLI in a subprocess with a temp output root; returns CompletedProcess."""
+def diffctl(tmp_path, cache_dir, monkeypatch, capfd):
+    """The real CLI with a temp output root; returns a CompletedProcess (args, returncode, stdout, stderr).
+
+    It runs ``diffctl.cli.main`` in this process (a subprocess spends 3-5 s importing torch, sklearn and Hydra before it
+    starts): the environment, working folder, argv, torch's threads and global RNG are set for the call and restored after
+    it, and a bug's traceback becomes exit code 1 with the traceback on stderr, as in a process.  ``subprocess=True``
+    runs ``python -m diffctl`` instead, for the tests whose point is the process boundary (exit codes of the console
+    script, signals, environment)."""
     root = tmp_path / "outputs"
 
-    def run(*args, check=True, cwd=None):
-        env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-        env.pop("HYDRA_FULL_ERROR", None)
-        cmd = [sys.executable, "-m", "diffctl", *args]
-        if args and args[0] in ("train", "sample", "eval", "inspect-schedule", "export") and "--help" not in args and "--cfg" not in args:
-            cmd.append(f"paths.cache_dir={cache_dir}")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd or tmp_path, timeout=600)
+    def run(*args, check=True, cwd=None, subprocess=False):
+        args = list(args)
+        if args and args[0] in PATHED and "--help" not in args and "--cfg" not in args:
+            args.append(f"paths.cache_dir={cache_dir}")
+        proc = _subprocess(args, root, cwd or tmp_path) if subprocess else _in_process(args, root, cwd or tmp_path, monkeypatch, capfd)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     run.root = root
     return run
+
+
+def _subprocess(args, root, cwd):
+    env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "diffctl", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def _in_process(args, root, cwd, monkeypatch, capfd):
+    import traceback
+
+    from diffctl.cli import main
+
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    with monkeypatch.context() as m:
+        m.setenv("DIFFCTL_OUTPUT_ROOT", str(root))
+        m.delenv("HYDRA_FULL_ERROR", raising=False)
+        m.chdir(cwd)
+        m.setattr(sys, "argv", ["diffctl", *args])
+        capfd.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except Exception:  # a bug: what the interpreter would print, and its exit code
+            traceback.print_exc()
+            code = 1
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_rng_state(rng)
+        out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["diffctl", *args], code, out, err)
 
 
 def run_folder(proc) -> Path:
