@@ -350,6 +350,13 @@ class Trainer:
                         warning, lr, count_parameters(self.net) / 1e6, lr / 10, lr / 10)
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:  # a streaming run's DataLoader workers end now, also when an error's traceback still holds the iterator:
+            batches, self.batches = self.batches, None  # left to the garbage collector, its worker took 5 s to join
+            getattr(batches, "_shutdown_workers", lambda: None)()
+
+    def _fit(self) -> dict:
         tc = self.cfg.trainer
         resume = self.resume
         if resume is not None:
@@ -430,7 +437,6 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         return trainer.fit()
     finally:
-        trainer.batches = None  # a streaming run's DataLoader workers end
         trainer.loggers.close()  # also when the run fails or stops: what the loggers buffered reaches the disk
         if trainer.dist.launched:
             import torch.distributed as dist

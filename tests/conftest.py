@@ -22,6 +22,19 @@ SMALL = ["model=unet_tiny", "trainer.batch_size=8", "trainer.sample_every=0", "t
          "optim.warmup_steps=2"]
 
 
+# The tiny runs the tests share, each trained once per test session (for all pytest-xdist workers together) on first use;
+# "{name}" in an override is the folder of that shared run.  A test takes a private copy (the ``trained`` fixture).
+TINY_RUN = [*TINY_TRAIN, "trainer.sample_every=0", "trainer.eval_every=0"]  # 4 steps, checkpoints at 2 and 4
+TINY_AE = ["task=autoencoder", "autoencoder.downsample=2", "autoencoder.channels=8", "trainer.steps=4", "trainer.batch_size=16",
+           "trainer.sample_every=0", "trainer.log_every=2", "trainer.eval_every=0", "optim.warmup_steps=1"]
+SHARED = {
+    "pixel": TINY_RUN,
+    "text": [*TINY_RUN, "cond=text"],
+    "autoencoder": TINY_AE,
+    "latent": [*TINY_RUN, "latent.autoencoder={autoencoder}"],
+}
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` need a CUDA device: skipped without one."""
     if not torch.cuda.is_available():
@@ -64,10 +77,74 @@ def logged_losses(run_dir: Path) -> list:
     return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in records if "event" not in r]
 
 
+def _session_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this test session, shared by its pytest-xdist workers (the parent of their base temps)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """Shared across the session so the reference classifier is trained once."""
-    return tmp_path_factory.mktemp("cache")
+    """Shared across the session (and its workers) so that the reference classifier is trained about once."""
+    return _session_folder(tmp_path_factory, "cache")
+
+
+class SharedRuns:
+    """The runs of ``SHARED``, trained in this process on first use under a file lock, so once for all workers."""
+
+    def __init__(self, folder: Path, cache: Path):
+        self.folder, self.cache = folder, cache
+
+    def __getitem__(self, name: str) -> Path:
+        import re
+
+        from filelock import FileLock
+
+        done = self.folder / f"{name}.path"
+        with FileLock(str(self.folder / f"{name}.lock")):
+            if not done.exists():
+                needs = {n: self[n] for n in re.findall(r"\{(\w+)\}", " ".join(SHARED[name]))}
+                done.write_text(str(train_in_process(self.folder / name, *[a.format(**needs) for a in SHARED[name]],
+                                                     f"paths.cache_dir={self.cache}")))
+        return Path(done.read_text())
+
+
+def train_in_process(root: Path, *args) -> Path:
+    """One ``diffctl train`` in this process with its output root ``root``; its run folder."""
+    from diffctl.cli import LAST_RUNS, run_command
+
+    saved, threads, rng = os.environ.get("DIFFCTL_OUTPUT_ROOT"), torch.get_num_threads(), torch.get_rng_state()
+    os.environ["DIFFCTL_OUTPUT_ROOT"] = str(root)
+    try:
+        LAST_RUNS.clear()
+        assert run_command("train", list(args)) == 0, args
+        return LAST_RUNS[-1]
+    finally:
+        os.environ.pop("DIFFCTL_OUTPUT_ROOT") if saved is None else os.environ.__setitem__("DIFFCTL_OUTPUT_ROOT", saved)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory, cache_dir) -> SharedRuns:
+    return SharedRuns(_session_folder(tmp_path_factory, "runs"), cache_dir)
+
+
+@pytest.fixture
+def trained(shared_runs, tmp_path):
+    """``trained(name)``: a private copy of the shared run ``name`` under this test's output root, at
+    outputs/train/<date>/<time> like the runs a test trains itself (copying is cheap; training is not)."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        src = shared_runs[name]
+        dest = tmp_path / "outputs" / "train" / src.parent.name / src.name
+        shutil.copytree(src, dest)
+        return dest
+
+    return copy
 
 
 PATHED = ("train", "sample", "eval", "inspect-schedule", "export")  # the commands that take paths.cache_dir=

@@ -17,36 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, assert_one_line_error
+from conftest import TINY_RUN as TRAIN
+from conftest import assert_one_line_error
 
 from diffctl.errors import UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from diffctl.io.rundir import MetricsLog, resolve_checkpoint
 
-TRAIN = [*TINY_TRAIN, "trainer.sample_every=0"]  # 4 steps, checkpoints at 2 and 4
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """One finished 4-step run (checkpoints 2 and 4), trained once; tests work on copies of it."""
-    from diffctl.cli import run_command
-
-    root = tmp_path_factory.mktemp("template") / "outputs"
-    saved = os.environ.get("DIFFCTL_OUTPUT_ROOT")
-    os.environ["DIFFCTL_OUTPUT_ROOT"] = str(root)
-    try:
-        assert run_command("train", list(TRAIN)) == 0
-    finally:
-        os.environ.pop("DIFFCTL_OUTPUT_ROOT") if saved is None else os.environ.__setitem__("DIFFCTL_OUTPUT_ROOT", saved)
-    return next((root / "train").glob("*/*"))
 
 
 @pytest.fixture
-def run(template, tmp_path):
+def template(shared_runs):
+    """The session's finished 4-step pixel run (checkpoints 2 and 4), read, never changed: tests work on copies of it."""
+    return shared_runs["pixel"]
+
+
+@pytest.fixture
+def run(trained):
     """A copy of the template run under this test's output root (outputs/train/<date>/<time>)."""
-    dest = tmp_path / "outputs" / "train" / template.parent.name / template.name
-    shutil.copytree(template, dest)
-    return dest
+    return trained("pixel")
 
 
 def _tree(folder: Path) -> dict:

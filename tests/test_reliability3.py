@@ -15,47 +15,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, assert_one_line_error
+from conftest import TINY_RUN as TRAIN
+from conftest import assert_one_line_error
 
 from diffctl.errors import UsageError
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
-TRAIN = [*TINY_TRAIN, "trainer.sample_every=0", "trainer.eval_every=0"]
-AE = ["task=autoencoder", "autoencoder.downsample=2", "autoencoder.channels=8", "trainer.steps=4", "trainer.batch_size=16",
-      "trainer.sample_every=0", "trainer.log_every=2", "trainer.eval_every=0", "optim.warmup_steps=1"]
-
-
-def _train(root: Path, *args) -> Path:
-    """One in-process ``diffctl train`` under ``root``; its run folder."""
-    from diffctl.cli import LAST_RUNS, run_command
-
-    saved = os.environ.get("DIFFCTL_OUTPUT_ROOT")
-    os.environ["DIFFCTL_OUTPUT_ROOT"] = str(root)
-    try:
-        LAST_RUNS.clear()
-        assert run_command("train", [*args, f"paths.cache_dir={root / '.cache'}"]) == 0
-        return LAST_RUNS[-1]
-    finally:
-        os.environ.pop("DIFFCTL_OUTPUT_ROOT") if saved is None else os.environ.__setitem__("DIFFCTL_OUTPUT_ROOT", saved)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Trained once for this file: a pixel run, a cond=text run, an autoencoder and a latent run on it."""
-    root = tmp_path_factory.mktemp("runs3") / "outputs"
-    pixel = _train(root, *TRAIN)
-    text = _train(root, *TRAIN, "cond=text")
-    ae = _train(root, *AE)
-    latent = _train(root, *TRAIN, f"latent.autoencoder={ae}")
-    return SimpleNamespace(root=root, pixel=pixel, text=text, ae=ae, latent=latent)
+@pytest.fixture
+def runs(shared_runs):
+    """The session's shared runs (read, never changed, here): a pixel run, a cond=text run, an autoencoder and a latent run on it."""
+    return SimpleNamespace(root=shared_runs.folder, pixel=shared_runs["pixel"], text=shared_runs["text"], ae=shared_runs["autoencoder"],
+                           latent=shared_runs["latent"])
 
 
 @pytest.fixture
-def run(runs, tmp_path):
+def run(trained):
     """A private copy of the pixel run under this test's output root."""
-    dest = tmp_path / "outputs" / "train" / runs.pixel.parent.name / runs.pixel.name
-    shutil.copytree(runs.pixel, dest)
-    return dest
+    return trained("pixel")
 
 
 def _tree(folder: Path) -> dict:

@@ -1,6 +1,8 @@
 """The data order (a new shuffle every epoch, a function of seed and step) and training data streamed from its files
 (``dataset.in_memory=false``): the same trajectory as in memory, exact resume mid-epoch, per-rank shares, one-line errors."""
 
+import multiprocessing
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,8 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(tmp_path):
     _interrupt_after(first, 2)  # step 2 of batch 8: 16 of 27 items, mid-epoch
     with pytest.raises(Interrupted):
         first.fit()
+    # its DataLoader worker ended with fit (left to the garbage collector, its iterator took 5 s to join it)
+    assert not multiprocessing.active_children()
     resumed = make_trainer(tmp_path / "split", *opts)
     resumed.fit()
     assert logged_losses(tmp_path / "whole") == logged_losses(tmp_path / "split")
