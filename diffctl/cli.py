@@ -242,6 +242,21 @@ def _user_errors() -> tuple:
     return (UsageError, HydraException, OmegaConfBaseException, ValueError, OSError)
 
 
+@contextlib.contextmanager
+def _help_without_every_group(helping: bool):
+    """Hydra renders --help by formatting every config group on the search path, about 2 s, for two placeholders that
+    our template (completion.help_template: only this command's groups) does not use; --hydra-help still has them."""
+    from hydra._internal.hydra import Hydra
+
+    listing = Hydra.format_config_groups
+    if helping:
+        Hydra.format_config_groups = lambda self, predicate, compact=True: ""
+    try:
+        yield
+    finally:
+        Hydra.format_config_groups = listing
+
+
 def run_command(command: str, args: list[str]) -> int:
     """Run a Hydra command with ``args`` as its argv; returns the exit code.
 
@@ -253,7 +268,8 @@ def run_command(command: str, args: list[str]) -> int:
 
         print(f"diffctl {command}: error: {NOT_SC}", file=sys.stderr)
         return 2
-    if any(a in ("--help", "-h") for a in args):  # the groups this command composes, not every group on the search path
+    helping = any(a in ("--help", "-h") for a in args)
+    if helping:  # the groups this command composes, not every group on the search path
         from .completion import with_help_template
 
         args = with_help_template(args)
@@ -271,7 +287,8 @@ def run_command(command: str, args: list[str]) -> int:
         if command == "train":
             args = resume_run_dir(args) + other_rank_overrides()
         sys.argv = [f"diffctl {command}", *args]
-        hydra_app(command)()
+        with _help_without_every_group(helping):
+            hydra_app(command)()
         return 0
     except BrokenPipeError:  # the reader of our output went away (diffctl sample --help | head): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush does not fail again

@@ -163,7 +163,7 @@ def diffctl(tmp_path, cache_dir, monkeypatch, capfd):
 
     def run(*args, check=True, cwd=None, subprocess=False):
         args = list(args)
-        if args and args[0] in PATHED and "--help" not in args and "--cfg" not in args:
+        if args and args[0] in PATHED and not {"--help", "--hydra-help", "--cfg"} & set(args):
             args.append(f"paths.cache_dir={cache_dir}")
         proc = _subprocess(args, root, cwd or tmp_path) if subprocess else _in_process(args, root, cwd or tmp_path, monkeypatch, capfd)
         if check and proc.returncode != 0:

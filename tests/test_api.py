@@ -13,7 +13,8 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])  # float sums are ordered differently at each thread count: the example holds at both
+@pytest.mark.parametrize("threads", ["1", pytest.param("2", marks=pytest.mark.slow)])  # float sums are ordered differently at each
+# thread count: the example holds at both (2 threads in the whole suite only: it takes 13 s beside another test on 2 cores)
 def test_the_readme_python_example_runs(tmp_path, threads):
     section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
@@ -24,12 +25,12 @@ def test_the_readme_python_example_runs(tmp_path, threads):
     assert re.search(r"^test loss 0\.\d+$", proc.stdout, re.M), proc.stdout  # diffctl.evaluate's report (an eps-MSE below 1)
 
 
-def test_api_samples_are_the_clis_samples(diffctl, monkeypatch):
-    from conftest import TINY_TRAIN, run_folder
+def test_api_samples_are_the_clis_samples(diffctl, trained, monkeypatch):
+    from conftest import run_folder
 
     import diffctl as api
 
-    run_dir = run_folder(diffctl("train", *TINY_TRAIN))
+    run_dir = trained("pixel")
     cli = run_folder(diffctl("sample", f"ckpt={run_dir}", "sampler=dpmpp_2m", "steps=5", "num_samples=6", "seed=3", "sampler.spacing=karras"))
     monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", str(diffctl.root))
     run = api.load("latest")

@@ -1,7 +1,8 @@
-"""The real CLI in subprocesses, in a temp output root."""
+"""The real CLI in a temp output root: in this process (the diffctl fixture), in a subprocess where that is the point."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ def test_train_help_lists_groups_and_options(diffctl):
     assert "sampler: ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun, unipc" in out
     assert "trainer: default" in out and "optim: adamw" in out and "\ntrainer:\n  steps: 2500" in out
     assert "schema" not in out  # schemas are not user-facing options
+    # --help skips Hydra's listing of every group on the search path, which its template does not show; --hydra-help keeps it
+    assert re.search(r"^hydra/launcher: .*basic.*local_parallel", diffctl("train", "--hydra-help").stdout, re.M)
 
 
 def help_groups(text: str) -> list[str]:
@@ -164,8 +167,8 @@ def test_multirun_sweep_writes_one_folder_per_job(diffctl):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_newest_checkpoint(diffctl):
-    first = run_folder(diffctl("train", *TINY_TRAIN, "trainer.sample_every=0"))
+def test_resume_continues_from_the_newest_checkpoint(diffctl, trained):
+    first = trained("pixel")
     state4 = torch.load(first / "checkpoints" / "step_00000004.pt", weights_only=True)
     # the run's own overrides (model=unet_tiny, batch 8, ...) are reused: only the new step count is given
     proc = diffctl("train", f"resume={first}", "trainer.steps=6")

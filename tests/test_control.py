@@ -69,10 +69,10 @@ def test_controls_and_their_fidelity():
     assert fidelity("edges", torch.where(a.bool(), 1.0, -1.0), torch.zeros_like(a))[0] == 0  # nothing in common: F1 = 0
 
 
-def test_cli_controlnet_keeps_its_base_and_scale_zero_is_the_base_model(diffctl, cli, tmp_path):
+def test_cli_controlnet_keeps_its_base_and_scale_zero_is_the_base_model(diffctl, cli, trained, tmp_path):
     from PIL import Image
 
-    base = run_folder(diffctl("train", *FAST))
+    base = trained("pixel")
     ckpt = list_checkpoints(base / "checkpoints")[-1]
     run = run_folder(diffctl("train", "task=controlnet", f"base={base}", "control=mask", *FAST))
     state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])

@@ -10,10 +10,10 @@ from conftest import TINY_TRAIN, assert_one_line_error, run_folder
 from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
 
-def test_an_export_holds_the_ema_weights_and_samples_as_its_checkpoint(diffctl):
+def test_an_export_holds_the_ema_weights_and_samples_as_its_checkpoint(diffctl, trained):
     from safetensors.torch import load_file
 
-    run = run_folder(diffctl("train", *TINY_TRAIN))
+    run = trained("pixel")
     export = run_folder(diffctl("export", f"ckpt={run}"))
     state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     weights = load_file(str(export / "model.safetensors"))  # safetensors' own reader: no diffctl needed
@@ -31,8 +31,8 @@ def test_an_export_holds_the_ema_weights_and_samples_as_its_checkpoint(diffctl):
     assert json.loads((a / "sample.json").read_text())["checkpoint_step"] == 4
 
 
-def test_broken_exports_are_one_line_errors(tmp_path, cli, diffctl):
-    run = run_folder(diffctl("train", *TINY_TRAIN))
+def test_broken_exports_are_one_line_errors(tmp_path, cli, diffctl, trained):
+    run = trained("pixel")
     export = run_folder(diffctl("export", f"ckpt={run}"))
     assert_one_line_error(cli("export", "format=onnx"), "export", "format='onnx' is not allowed; choose from: safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
