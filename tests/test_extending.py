@@ -56,6 +56,7 @@ def test_the_worked_examples_sample_from_the_command_line(extended):
     assert "s_mid: 0.5" in cfg and "sigma_min: 0.01" in cfg and "sigma_max: 100.0" in cfg  # defaults from the signatures
 
 
+@pytest.mark.slow  # an order of accuracy, measured at its size in a process with the worked plug-ins (4 s)
 def test_the_worked_sampler_is_second_order_against_the_shipped_heun(extended):
     """On the exact denoiser of the 2-D mixture, the midpoint rule and EDM's Heun solve the same ODE: their
     samples agree more closely as steps double, by about 4x per doubling (both second order)."""

@@ -385,6 +385,7 @@ def test_every_command_takes_threads(cli, run, command, args):
     assert "1 CPU thread (threads=1)" in out + err
 
 
+@pytest.mark.slow  # a real process and a real signal (4 s), like the other signal tests
 def test_sigterm_during_eval_marks_its_folder_failed_or_leaves_none(run, tmp_path):
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)

@@ -67,6 +67,7 @@ def test_two_gloo_processes_streaming_their_shares_follow_one_process_in_memory(
     assert all(torch.allclose(sa["ema"][k], sb["ema"][k], atol=1e-5) for k in sa["ema"])
 
 
+@pytest.mark.slow  # a torchrun process tree (7 s); the two-process tests beside it take the same path further
 def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
     # world size 1 under torchrun: a process group (gloo here, NCCL on CUDA: tests/test_cuda.py) and DDP, as for N processes
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
