@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -115,14 +116,20 @@ def train_in_process(root: Path, *args) -> Path:
     """One ``diffctl train`` in this process with its output root ``root``; its run folder."""
     from diffctl.cli import LAST_RUNS, run_command
 
-    saved, threads, rng = os.environ.get("DIFFCTL_OUTPUT_ROOT"), torch.get_num_threads(), torch.get_rng_state()
-    os.environ["DIFFCTL_OUTPUT_ROOT"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as m, _torch_state_kept():
+        m.setenv("DIFFCTL_OUTPUT_ROOT", str(root))
         LAST_RUNS.clear()
         assert run_command("train", list(args)) == 0, args
         return LAST_RUNS[-1]
+
+
+@contextlib.contextmanager
+def _torch_state_kept():
+    """Torch's CPU threads and global RNG as they were before a command run in this process (threads= sets them)."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    try:
+        yield
     finally:
-        os.environ.pop("DIFFCTL_OUTPUT_ROOT") if saved is None else os.environ.__setitem__("DIFFCTL_OUTPUT_ROOT", saved)
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
 
@@ -185,8 +192,7 @@ def _in_process(args, root, cwd, monkeypatch, capfd):
 
     from diffctl.cli import main
 
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, _torch_state_kept():
         m.setenv("DIFFCTL_OUTPUT_ROOT", str(root))
         m.delenv("HYDRA_FULL_ERROR", raising=False)
         m.chdir(cwd)
@@ -200,9 +206,6 @@ def _in_process(args, root, cwd, monkeypatch, capfd):
         except Exception:  # a bug: what the interpreter would print, and its exit code
             traceback.print_exc()
             code = 1
-        finally:
-            torch.set_num_threads(threads)
-            torch.set_rng_state(rng)
         out, err = capfd.readouterr()
     return subprocess.CompletedProcess(["diffctl", *args], code, out, err)
 
