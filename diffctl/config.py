@@ -103,7 +103,7 @@ class TrainerConfig:
     steps: int = 2500  # optimisation steps
     batch_size: int = 64  # the global batch: what one optimisation step sees, over all processes and micro-batches
     accumulate: int = 1  # split each process's batch into this many micro-batches (gradient accumulation: less memory, the same step)
-    precision: str = "auto"  # auto (bf16 where supported, CPU too) | bf16 | fp16 (GradScaler) | fp32
+    precision: str = "auto"  # auto (bf16 where computed natively: CUDA, AVX-512/AMX CPUs; else fp16 on CUDA, fp32) | bf16 | fp16 (GradScaler) | fp32
     ema_decay: float = 0.999  # EMA of weights, with warm-up min(decay, (1+n)/(10+n))
     grad_clip: float = 1.0  # max global gradient norm (0 disables)
     ckpt_every: int = 1000  # checkpoint cadence in steps (a final one is always written)

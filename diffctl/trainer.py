@@ -26,7 +26,7 @@ from .models import count_parameters
 from .optim import EMA, lr_lambda
 from .progress import BAR_LINE, progress_bar
 from .resume import StopRequest, check_same_run, continue_run, pin_references, resume_path, rng_state, set_rng_state, step_seed
-from .runtime import autocast, compile_mode, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision
+from .runtime import autocast, compile_mode, cpu_has_fast_bf16, distributed_from_env, fast_math, init_distributed, resolve_device, resolve_precision
 from .tasks import TASKS
 from .validation import check_streaming, check_training
 
@@ -48,6 +48,9 @@ class Trainer:
             self.run_dir = Path(shared[0])
         fast_math(self.device, cfg.trainer.tf32)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("trainer.precision=bf16 on a CPU without native bf16 kernels (no AVX-512 or AMX): several times "
+                        "slower than trainer.precision=fp32, which precision=auto picks here")
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(self.device)  # the batch's draws, on the device, seeded by (seed, step) each step
         # the checkpoint this run continues from, and the other runs it names resolved once ('latest' moves as runs are trained)

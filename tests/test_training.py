@@ -191,3 +191,23 @@ def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(tmp_path, ac
         assert a[0] == b[0] and a[1] == pytest.approx(b[1], rel=1e-5) and a[3] == pytest.approx(b[3], rel=1e-4)
     for (name, p), q in zip(one.net.state_dict().items(), split.net.state_dict().values()):
         assert torch.allclose(p, q, atol=2e-6, rtol=1e-4), name
+
+
+def test_precision_auto_takes_bf16_on_a_cpu_only_where_it_has_bf16_kernels(tmp_path, caplog):
+    """On an AVX2-only CPU (no AVX-512, no AMX) bf16 autocast is emulated, 8.5x slower than fp32 on a tiny UNet's step:
+    auto picks fp32 there, and an explicit bf16 warns.  The oracle is the CPU's own flags in /proc/cpuinfo."""
+    import platform
+    from pathlib import Path
+
+    from diffctl.runtime import resolve_precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        pytest.skip("reads the x86 flags of /proc/cpuinfo")
+    flags = set(next(l for l in cpuinfo.read_text().splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+    fast = {"avx512bw", "avx512vl", "avx512dq"} <= flags or "amx_bf16" in flags
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with caplog.at_level("WARNING", logger="diffctl.train"):
+        make_trainer(tmp_path, "trainer.precision=bf16", "trainer.steps=1")
+    assert ("without native bf16 kernels" in caplog.text) is not fast
