@@ -242,19 +242,29 @@ def _user_errors() -> tuple:
     return (UsageError, HydraException, OmegaConfBaseException, ValueError, OSError)
 
 
+CONFIG_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")  # configs of the user's own
+
+
 @contextlib.contextmanager
-def _help_without_every_group(helping: bool):
-    """Hydra renders --help by formatting every config group on the search path, about 2 s, for two placeholders that
-    our template (completion.help_template: only this command's groups) does not use; --hydra-help still has them."""
+def _hydra_shortcuts(args: list[str], helping: bool):
+    """Two pieces of Hydra's work that a diffctl command does not need, skipped (each about a second on 2 cores):
+
+    - --help formats every config group on the search path, for two placeholders that our template
+      (completion.help_template: only this command's groups) does not use; --hydra-help still has them.
+    - Every command composes its whole config twice, the first time only to read ``hydra.mode`` (Hydra.get_mode).
+      None of diffctl's configs sets it (tests/test_cli.py checks), so unless an override names a mode or the user
+      brings configs of their own, it is unset: RUN, or MULTIRUN with -m, as Hydra decides then."""
     from hydra._internal.hydra import Hydra
 
-    listing = Hydra.format_config_groups
+    saved = Hydra.format_config_groups, Hydra.get_mode
     if helping:
         Hydra.format_config_groups = lambda self, predicate, compact=True: ""
+    if not any("mode" in a or a.split("=", 1)[0] in CONFIG_FLAGS for a in args):
+        Hydra.get_mode = lambda self, config_name, overrides: None
     try:
         yield
     finally:
-        Hydra.format_config_groups = listing
+        Hydra.format_config_groups, Hydra.get_mode = saved
 
 
 def run_command(command: str, args: list[str]) -> int:
@@ -287,7 +297,7 @@ def run_command(command: str, args: list[str]) -> int:
         if command == "train":
             args = resume_run_dir(args) + other_rank_overrides()
         sys.argv = [f"diffctl {command}", *args]
-        with _help_without_every_group(helping):
+        with _hydra_shortcuts(args, helping):
             hydra_app(command)()
         return 0
     except BrokenPipeError:  # the reader of our output went away (diffctl sample --help | head): nothing to report

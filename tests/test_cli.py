@@ -35,6 +35,21 @@ def test_train_help_lists_groups_and_options(diffctl):
     assert re.search(r"^hydra/launcher: .*basic.*local_parallel", diffctl("train", "--hydra-help").stdout, re.M)
 
 
+def test_hydra_mode_set_by_an_override_still_makes_a_sweep(diffctl):
+    """diffctl skips Hydra's first composition, which only reads hydra.mode (cli._hydra_shortcuts): a mode an override
+    names is still honoured, and no packaged config sets one (where the shortcut would hide it)."""
+    import yaml
+
+    diffctl("inspect-schedule", "hydra.mode=MULTIRUN", "schedule=linear,cosine", "rows=2")
+    assert len(list(diffctl.root.rglob("multirun.yaml"))) == 1 and len(list(diffctl.root.rglob("schedule.png"))) == 2
+
+    def keys(node):
+        return {k for k, v in node.items() for k in (k, *keys(v))} if isinstance(node, dict) else set()
+
+    configs = Path(__file__).parent.parent / "configs"
+    assert not [f for f in configs.rglob("*.yaml") if "mode" in keys(yaml.safe_load(f.read_text()) or {})]
+
+
 def help_groups(text: str) -> list[str]:
     """The config groups a --help lists."""
     section = text.split("== Configuration groups ==\n", 1)[1].split("== Config ==", 1)[0]
