@@ -259,7 +259,7 @@ def _hydra_shortcuts(args: list[str], helping: bool):
     saved = Hydra.format_config_groups, Hydra.get_mode
     if helping:
         Hydra.format_config_groups = lambda self, predicate, compact=True: ""
-    if not any("mode" in a or a.split("=", 1)[0] in CONFIG_FLAGS for a in args):
+    if not any(override_key(a) in ("hydra", "hydra.mode", *CONFIG_FLAGS) for a in args):
         Hydra.get_mode = lambda self, config_name, overrides: None
     try:
         yield

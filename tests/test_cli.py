@@ -50,6 +50,17 @@ def test_hydra_mode_set_by_an_override_still_makes_a_sweep(diffctl):
     assert not [f for f in configs.rglob("*.yaml") if "mode" in keys(yaml.safe_load(f.read_text()) or {})]
 
 
+def test_hydra_reads_the_mode_only_where_an_override_can_set_it(cli, monkeypatch):
+    from hydra._internal.hydra import Hydra
+
+    calls = []
+    monkeypatch.setattr(Hydra, "get_mode", lambda self, config_name, overrides: calls.append(overrides))
+    for args, composed in ((["model=unet_tiny"], False), (["hydra.mode=RUN"], True), (["-cd", "."], True)):
+        calls.clear()
+        cli("train", *args, "trainer.steps=0")
+        assert bool(calls) is composed, args
+
+
 def help_groups(text: str) -> list[str]:
     """The config groups a --help lists."""
     section = text.split("== Configuration groups ==\n", 1)[1].split("== Config ==", 1)[0]
