@@ -57,6 +57,7 @@ def test_the_discriminator_and_the_autoencoder_each_get_only_their_own_adversari
     assert len(net(x)) == 3  # reconstructions for pictures and latents: no adversarial terms
 
 
+@pytest.mark.slow  # measures learning: keeps its size (about 20 s on 2 cores), so not in the fast selection
 def test_a_short_run_reconstructs_digits_far_better_than_the_mean_image(tmp_path, cache_dir):
     trainer = make_trainer(tmp_path, "task=autoencoder", "autoencoder.downsample=2", "trainer.steps=300", "trainer.log_every=50",
                            "trainer.batch_size=64", "optim.warmup_steps=100", "trainer.ckpt_every=0", f"paths.cache_dir={cache_dir}")

@@ -204,6 +204,34 @@ def test_reference_classifiers_are_cached_per_dataset_content(tmp_path):
     assert info == nets[0][1]
 
 
+def test_processes_that_need_one_reference_classifier_at_once_train_it_once(tmp_path, monkeypatch):
+    """Sweep jobs evaluated side by side share the cache: the first trains the classifier, the others wait and read it
+    (two threads here: each takes its own lock on the file, as two processes do)."""
+    import threading
+    import time
+
+    from diffctl.data import Dataset
+    from diffctl.metrics import reference
+
+    fits, fit = [], reference._fit
+
+    def slow_fit(data):  # each caller checks the cache well before any fit ends
+        fits.append(data.name)
+        time.sleep(0.5)
+        return fit(data, epochs=1)
+
+    monkeypatch.setattr(reference, "_fit", slow_fit)
+    y = torch.arange(40) % 2
+    data = Dataset("folder", torch.rand(32, 1, 8, 8) * 2 - 1, torch.rand(8, 1, 8, 8) * 2 - 1, y[:32], y[32:], levels=256, num_classes=2)
+    infos = []
+    threads = [threading.Thread(target=lambda: infos.append(reference.reference_classifier(data, tmp_path)[1])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fits == ["folder"] and len(infos) == 2 and infos[0] == infos[1]
+
+
 # --- 4. never write into the file-system root ----------------------------------------------------------
 @pytest.mark.parametrize("how", ["env", "override"])
 def test_an_empty_output_root_is_refused(cli, tmp_path, monkeypatch, how):

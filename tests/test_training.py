@@ -82,6 +82,7 @@ def test_sampling_uses_the_ema_weights_unless_told_otherwise_and_resume_keeps_th
     assert resumed.ema.updates == 5 and load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])["ema_updates"] == 5
 
 
+@pytest.mark.slow  # measures learning: keeps its size (about 20 s on 2 cores), so not in the fast selection
 def test_a_short_run_learns_the_mixture_to_near_the_exact_denoisers_quality(tmp_path):
     """The MLP on the 8-component mixture, 1,000 steps: its samples are as close to the data (sliced
     Wasserstein) as the exact denoiser's samples are, within a margin far below what an untrained

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from ..errors import UsageError
@@ -66,22 +67,30 @@ def accuracy(net: RefNet, x: torch.Tensor, y: torch.Tensor) -> float:
     return (net(x).argmax(1) == y).float().mean().item()
 
 
+def _cached(path: Path, data) -> RefNet | None:
+    """The classifier stored at ``path``, or None if there is none or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        net = RefNet(data.shape[0], data.num_classes, data.shape[1])
+        net.load_state_dict(load_checkpoint(path)["model"])
+        return net.eval()
+    except (UsageError, KeyError, TypeError, RuntimeError) as e:
+        log.warning("reference classifier cache %s is unreadable (%s): training it again", path, str(e).splitlines()[0][:120])
+        return None
+
+
 def reference_classifier(data, cache_dir: Path) -> tuple[RefNet, dict]:
     """The cached reference classifier of ``data`` (trained on first use), with its info."""
     name = f"refnet_{data.name}_{data.fingerprint}_v{VERSION}"
     path = Path(cache_dir) / f"{name}.pt"
-    net = None
-    if path.exists():
-        try:
-            net = RefNet(data.shape[0], data.num_classes, data.shape[1])
-            net.load_state_dict(load_checkpoint(path)["model"])
-            net.eval()
-        except (UsageError, KeyError, TypeError, RuntimeError) as e:
-            log.warning("reference classifier cache %s is unreadable (%s): training it again", path, str(e).splitlines()[0][:120])
-            net = None
-    if net is None:
-        log.info("training the reference classifier for %s (once; cached at %s)", data.name, path)
-        net = _fit(data)
-        save_checkpoint(path, {"model": net.state_dict()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one process trains it while the others wait and then read its file (sweep jobs evaluated side by side; test workers)
+    with FileLock(f"{path}.lock"):
+        net = _cached(path, data)
+        if net is None:
+            log.info("training the reference classifier for %s (once; cached at %s)", data.name, path)
+            net = _fit(data)
+            save_checkpoint(path, {"model": net.state_dict()})
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.state_dict().values())).hexdigest()[:12]
     return net, {"name": name, "sha256": digest, "test_accuracy": round(accuracy(net, data.test, data.test_labels), 4)}
