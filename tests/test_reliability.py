@@ -232,6 +232,23 @@ def test_processes_that_need_one_reference_classifier_at_once_train_it_once(tmp_
     assert fits == ["folder"] and len(infos) == 2 and infos[0] == infos[1]
 
 
+def test_a_cache_folder_that_cannot_hold_a_lock_is_read_without_one(tmp_path, monkeypatch):
+    from diffctl.data import Dataset
+    from diffctl.metrics import reference
+
+    y = torch.arange(40) % 2
+    data = Dataset("folder", torch.rand(32, 1, 8, 8) * 2 - 1, torch.rand(8, 1, 8, 8) * 2 - 1, y[:32], y[32:], levels=256, num_classes=2)
+    monkeypatch.setattr(reference, "_fit", lambda d: reference.RefNet(1, 2, 8).eval())
+    first = reference.reference_classifier(data, tmp_path)[1]
+
+    class ReadOnly(reference.FileLock):  # as on a read-only shared cache (root ignores chmod, so it is simulated)
+        def acquire(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(reference, "FileLock", ReadOnly)
+    assert reference.reference_classifier(data, tmp_path)[1] == first
+
+
 # --- 4. never write into the file-system root ----------------------------------------------------------
 @pytest.mark.parametrize("how", ["env", "override"])
 def test_an_empty_output_root_is_refused(cli, tmp_path, monkeypatch, how):

@@ -7,6 +7,7 @@ fingerprint (a hash of its images and labels) and ``VERSION``, and reported with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -80,13 +81,28 @@ def _cached(path: Path, data) -> RefNet | None:
         return None
 
 
+@contextlib.contextmanager
+def _lock(path: Path):
+    """Held while the cache at ``path`` is read or trained: one process trains it while the others wait and then read
+    its file (sweep jobs evaluated side by side). A cache folder that cannot hold a lock (read-only) is read without one."""
+    lock = FileLock(f"{path}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def reference_classifier(data, cache_dir: Path) -> tuple[RefNet, dict]:
     """The cached reference classifier of ``data`` (trained on first use), with its info."""
     name = f"refnet_{data.name}_{data.fingerprint}_v{VERSION}"
     path = Path(cache_dir) / f"{name}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one process trains it while the others wait and then read its file (sweep jobs evaluated side by side; test workers)
-    with FileLock(f"{path}.lock"):
+    with _lock(path):
         net = _cached(path, data)
         if net is None:
             log.info("training the reference classifier for %s (once; cached at %s)", data.name, path)
