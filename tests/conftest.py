@@ -31,6 +31,7 @@ TINY_AE = ["task=autoencoder", "autoencoder.downsample=2", "autoencoder.channels
 SHARED = {
     "pixel": TINY_RUN,
     "text": [*TINY_RUN, "cond=text"],
+    "class": [*TINY_RUN, "cond=class"],
     "autoencoder": TINY_AE,
     "latent": [*TINY_RUN, "latent.autoencoder={autoencoder}"],
 }

@@ -132,8 +132,8 @@ def test_classifier_free_guidance_with_token_conditions_mixes_conditional_and_em
     assert torch.allclose(out, x * 1 + 3.0 * (x * torch.tensor([[6.0], [10.0]]) - x * 1))
 
 
-def test_cli_prompts_sample_and_bad_prompts_are_one_line_errors(diffctl, cli):
-    run = run_folder(diffctl("train", "cond=text", *FAST))
+def test_cli_prompts_sample_and_bad_prompts_are_one_line_errors(diffctl, cli, trained):
+    run = trained("text")
     state = torch.load(next((run / "checkpoints").iterdir()), weights_only=True)
     assert state["cond"]["name"] == "text" and state["cond"]["vocab"][:4] == ["<pad>", "<bos>", "a", "handwritten"]
     out = run_folder(diffctl("sample", "prompts=heldout", "classes=[3,7]", "guidance.scale=2", "num_samples=6", "steps=2"))
@@ -158,14 +158,13 @@ def test_cli_prompts_sample_and_bad_prompts_are_one_line_errors(diffctl, cli):
     assert_one_line_error(cli("train", "cond=class", "model.num_classes=10", *FAST), "train", "keep one")
 
 
-def test_a_prompt_for_an_unconditional_or_class_conditional_model_is_a_one_line_error(diffctl, cli):
-    diffctl("train", *FAST)
-    assert_one_line_error(cli("sample", "prompt=the digit three", "steps=2"), "sample", "need a text-conditioned model (diffctl train cond=text or cond=clip); "
+def test_a_prompt_for_an_unconditional_or_class_conditional_model_is_a_one_line_error(diffctl, cli, trained):
+    plain, labelled = trained("pixel"), trained("class")
+    assert_one_line_error(cli("sample", f"ckpt={plain}", "prompt=the digit three", "steps=2"), "sample", "need a text-conditioned model (diffctl train cond=text or cond=clip); "
                           "this model is unconditional")
-    diffctl("train", "cond=class", *FAST)
-    out = run_folder(diffctl("sample", "classes=[3]", "guidance.scale=2", "num_samples=2", "steps=2"))
+    out = run_folder(diffctl("sample", f"ckpt={labelled}", "classes=[3]", "guidance.scale=2", "num_samples=2", "steps=2"))
     assert json.loads((out / "sample.json").read_text())["labels"] == [3, 3]
-    assert_one_line_error(cli("sample", "prompt=the digit three", "steps=2"), "sample", "this model is class-conditional")
+    assert_one_line_error(cli("sample", f"ckpt={labelled}", "prompt=the digit three", "steps=2"), "sample", "this model is class-conditional")
 
 
 def _captioned_folder(root, missing: bool = False):
