@@ -32,6 +32,7 @@ SHARED = {
     "pixel": TINY_RUN,
     "text": [*TINY_RUN, "cond=text"],
     "class": [*TINY_RUN, "cond=class"],
+    "superres": [*TINY_RUN, "task=superres"],
     "autoencoder": TINY_AE,
     "latent": [*TINY_RUN, "latent.autoencoder={autoencoder}"],
 }

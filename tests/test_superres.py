@@ -60,10 +60,10 @@ def test_the_condition_is_the_downsampled_image_dropped_to_blank_and_augmented_o
     assert out.shape == (2, 1, 8, 8)
 
 
-def test_cli_trains_samples_and_evaluates_a_superres_model(diffctl, cli, tmp_path):
+def test_cli_trains_samples_and_evaluates_a_superres_model(diffctl, cli, trained, tmp_path):
     from PIL import Image
 
-    run = run_folder(diffctl("train", *FAST))
+    run = trained("superres")
     assert list((run / "samples").glob("superres_*.png"))  # the final snapshot: low-res | bicubic | samples | real
     out = run_folder(diffctl("sample", "superres.image=[3,5]", "num_samples=4", "steps=2"))
     record = json.loads((out / "sample.json").read_text())
@@ -82,5 +82,4 @@ def test_cli_trains_samples_and_evaluates_a_superres_model(diffctl, cli, tmp_pat
     assert_one_line_error(cli("sample", "classes=[3]"), "sample", "steered by its low-resolution inputs")
     assert_one_line_error(cli("train", *FAST, "dataset=swiss_roll"), "train", "task=superres upsamples images")
     assert_one_line_error(cli("train", *FAST, "superres.factor=3"), "train", "superres.factor=3 is not allowed")
-    diffctl("train", *FAST[1:])  # a plain diffusion model is now the latest
-    assert_one_line_error(cli("sample", "superres.image=3"), "sample", "superres.image= is for a super-resolution model")
+    assert_one_line_error(cli("sample", f"ckpt={trained('pixel')}", "superres.image=3"), "sample", "superres.image= is for a super-resolution model")
