@@ -4,8 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Set before torch loads OpenMP (read once, at load): a test that asks for 2 threads shares the 2 cores with the other
+# xdist worker, and OpenMP's default of spinning at each barrier then waits for a thread that is not running (the README
+# example at 2 threads beside a busy process: 47 s, 32 s with passive waits).  The diffctl processes the tests start
+# inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # One CPU thread per test process, and for the diffctl processes it starts (they inherit the variable): on 2 cores, torch's
 # default of a thread per core oversubscribes them whenever two processes run (a test and its CLI child, two xdist workers).

@@ -1,6 +1,7 @@
 """The Python API: the README's example runs as written, and the API gives what the CLI gives."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_the_readme_python_example_runs(tmp_path, threads):
     section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {"DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": threads}
+    env = {"DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": threads,
+           "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}  # passive waits, as conftest sets
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"^unet 60 \(16, 1, 8, 8\) alpha_bar_T = \d", proc.stdout, re.M), proc.stdout

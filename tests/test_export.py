@@ -85,7 +85,7 @@ def test_diffusers_own_pipeline_samples_an_export_as_diffctl_samples_its_checkpo
     from diffusers import DDPMPipeline
 
     run = run_folder(diffctl("train", "model=diffusers_unet", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
-                             "trainer.steps=400", "trainer.batch_size=64", "trainer.sample_every=0", "trainer.eval_every=0", "threads=2"))
+                             "trainer.steps=400", "trainer.batch_size=64", "trainer.sample_every=0", "trainer.eval_every=0"))
     export = run_folder(diffctl("export", f"ckpt={run}", "format=diffusers"))
     pipe = DDPMPipeline.from_pretrained(str(export))
     pipe.set_progress_bar_config(disable=True)

@@ -52,12 +52,12 @@ def test_the_training_bar_and_the_log_share_the_terminal_and_the_log_file_keeps_
 
 
 @pytest.mark.slow
-def test_eval_shows_its_stages_on_a_terminal_and_logs_each_metric_as_it_is_done(tmp_path):
+def test_eval_shows_its_stages_on_a_terminal_and_logs_each_metric_as_it_is_done(tmp_path, cache_dir):
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "TERM": "xterm-256color", "COLUMNS": "160"}
     env.pop("NO_COLOR", None)
     run_on_a_terminal([sys.executable, "-m", "diffctl", "train", *TINY_TRAIN], env, tmp_path)
     shown = run_on_a_terminal([sys.executable, "-m", "diffctl", "eval", "ckpt=latest", "num_samples=300", "steps=3",
-                               "metrics=[test_loss,fd_ref,prdc_ref]"], env, tmp_path)
+                               "metrics=[test_loss,fd_ref,prdc_ref]", f"paths.cache_dir={cache_dir}"], env, tmp_path)
     text = ANSI.sub("", shown)
     assert re.search(r"eval .*\d/3", text) and "running fd_ref" in text  # the stages' bar, the running one named
     assert "sampling ddim x3" in text  # the sampling bar, under it
