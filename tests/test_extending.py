@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_folder
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -48,12 +47,15 @@ def extended(tmp_path, cache_dir):
     return run
 
 
-def test_the_worked_examples_sample_from_the_command_line(extended):
-    folder = run_folder(extended(["sample", "ckpt=oracle", "dataset=gmm", "sampler=midpoint", "schedule=loglinear", "steps=12", "num_samples=400"]))
+def test_the_worked_examples_sample_and_inspect_from_the_command_line(extended):
+    proc = extended(["sample", "ckpt=oracle", "dataset=gmm", "sampler=midpoint", "schedule=loglinear", "steps=12", "num_samples=400"],
+                    ["inspect-schedule", "schedule=loglinear", "compare=[cosine]"])
+    folder, inspected = [Path(l.split(": ", 1)[1]) for l in proc.stdout.splitlines() if l.startswith("run folder: ")]
     record = json.loads((folder / "sample.json").read_text())
     assert record["sampler"] == "midpoint" and record["nfe"] == 2 * 12 - 1 and record["schedule"] == "loglinear"
     cfg = (folder / "config.yaml").read_text()
     assert "s_mid: 0.5" in cfg and "sigma_min: 0.01" in cfg and "sigma_max: 100.0" in cfg  # defaults from the signatures
+    assert "loglinear" in json.dumps(json.loads((inspected / "schedule.json").read_text()))
 
 
 @pytest.mark.slow  # an order of accuracy, measured at its size in a process with the worked plug-ins (4 s)
@@ -74,7 +76,3 @@ def test_the_worked_sampler_is_second_order_against_the_shipped_heun(extended):
 def test_the_worked_options_are_typed_and_checked(extended):
     proc = extended(["sample", "ckpt=oracle", "dataset=gmm", "sampler=midpoint", "sampler.s_mid=abc"], check=False)
     assert proc.returncode == 2 and "sampler.s_mid" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    proc = extended(["inspect-schedule", "schedule=loglinear", "compare=[cosine]"])
-    assert proc.returncode == 0, proc.stderr
-    facts = json.loads((run_folder(proc) / "schedule.json").read_text())
-    assert "loglinear" in json.dumps(facts)

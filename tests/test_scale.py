@@ -17,16 +17,14 @@ from diffctl.io.checkpoint import list_checkpoints, load_checkpoint
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_path):
+def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_path, diffctl):
     # torchrun with 2 CPU processes and global batch 8 (4 each, in 2 accumulated micro-batches of 2: DDP's no_sync),
     # stopped after 3 steps and resumed to 6, against one process with batch 8 for 6 steps (constant LR after warm-up,
     # so the schedule does not depend on the total)
     args = [*SMALL, "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.precision=fp32", "model.num_classes=10", "optim.decay=constant"]
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffctl", "train"]
-    one = subprocess.run([sys.executable, "-m", "diffctl", "train", *args, "trainer.steps=6", f"hydra.run.dir={tmp_path / 'one'}"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr
+    diffctl("train", *args, "trainer.steps=6", f"hydra.run.dir={tmp_path / 'one'}")  # the one process: in this one
     two = subprocess.run([*torchrun, *args, "trainer.accumulate=2", "trainer.steps=3"], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr
     folders = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
@@ -45,16 +43,14 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume(tmp_
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_streaming_their_shares_follow_one_process_in_memory(tmp_path):
+def test_two_gloo_processes_streaming_their_shares_follow_one_process_in_memory(tmp_path, diffctl):
     # each rank's DataLoader reads only its half of the global batch from the files; the run follows one process that
     # holds the folder in memory
     from test_stream import digit_folder, folder_opts
 
     args = [*SMALL, *folder_opts(digit_folder(tmp_path / "imgs"), "trainer.steps=4", "optim.decay=constant")]
     env = {**os.environ, "DIFFCTL_OUTPUT_ROOT": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "diffctl", "train", *args, "dataset.in_memory=true", f"hydra.run.dir={tmp_path / 'one'}"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr
+    diffctl("train", *args, "dataset.in_memory=true", f"hydra.run.dir={tmp_path / 'one'}")  # the one process: in this one
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffctl", "train", *args,
                           "dataset.in_memory=false", "dataset.workers=1", f"hydra.run.dir={tmp_path / 'two'}"],
                          capture_output=True, text=True, env=env, timeout=300)
