@@ -1,4 +1,5 @@
-"""Shell completion: ``diffctl __complete`` in real subprocesses, and the scripts of ``diffctl completion`` run by
+"""Shell completion: ``diffctl __complete`` (its candidate lists in this process, what a Tab press imports and its
+errors in real subprocesses), and the scripts of ``diffctl completion`` run by
 their shells (bash always; zsh and fish where installed)."""
 
 import os
@@ -40,6 +41,17 @@ def complete(env, *words, flags=()):
                           env={**env, "DIFFCTL_COMPLETE_DEBUG": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def candidates(env, *words) -> list[str]:
+    """What ``diffctl __complete <words>`` prints, computed in this process with ``env``'s cache (the candidate lists; the
+    subprocess tests here keep the process boundary: what a Tab press imports, the exit codes, the shells' scripts)."""
+    from diffctl.completion import complete as complete_here
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+        m.setenv("DIFFCTL_COMPLETE_DEBUG", "1")
+        return complete_here(list(words))
 
 
 def test_the_schema_cache_is_made_once_and_a_tab_press_imports_no_torch(shell_env):
@@ -94,7 +106,7 @@ def test_the_schema_cache_is_made_once_and_a_tab_press_imports_no_torch(shell_en
     (["eval", "lo"], []),
 ])
 def test_complete_prints_the_candidates(shell_env, words, expected):
-    got = complete(shell_env, *words).stdout.splitlines()
+    got = candidates(shell_env, *words)
     if expected is None:
         assert {"trainer.steps=", "trainer.batch_size=", "trainer.ema_decay=", "trainer.precision="} <= set(got)
         assert all(c.startswith("trainer.") and c.endswith("=") for c in got), got
@@ -103,10 +115,10 @@ def test_complete_prints_the_candidates(shell_env, words, expected):
 
 
 def test_after_a_command_its_groups_and_keys_are_offered(shell_env):
-    train = set(complete(shell_env, "train", "").stdout.split())
+    train = set(candidates(shell_env, "train", ""))
     assert {f"{g}=" for g in ("dataset", "model", "schedule", "sampler", "loss", "trainer", "optim", "logger", "experiment")} <= train
     assert {"trainer.", "seed=", "hydra/", "task="} <= train
-    sample = set(complete(shell_env, "sample", "").stdout.split())
+    sample = set(candidates(shell_env, "sample", ""))
     assert {"sampler=", "sampler.", "ckpt=", "guidance.", "dataset=", "schedule="} <= sample
     assert not {"trainer=", "trainer.", "optim=", "loss=", "model=", "experiment="} & sample
 
