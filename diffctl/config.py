@@ -296,13 +296,15 @@ def load_option(group: str, name: str) -> DictConfig:
 
 
 def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore; one stored before (the same class, still there) is kept, since
-    building a structured config costs about 2 ms and each command run in a process calls this (a test runs hundreds)."""
+    """Store every schema in Hydra's ConfigStore; one this function stored before (the same class, its entry still the
+    store's) is kept, since building a structured config costs about 2 ms and each command run in a process calls this
+    (a test runs hundreds). An entry stored over it since (shell completion's plain-dict schemas) is replaced."""
     cs = ConfigStore.instance()
     for name, node in _schemas().items():
-        if _STORED.get(name) is not node or f"{name}.yaml" not in cs.repo:
+        stored, entry = _STORED.get(name, (None, None))
+        if stored is not node or cs.repo.get(f"{name}.yaml") is not entry:
             cs.store(name=name, node=node)
-            _STORED[name] = node
+            _STORED[name] = (node, cs.repo[f"{name}.yaml"])
 
 
-_STORED: dict = {}  # schema name -> the class register_schemas last stored under it
+_STORED: dict = {}  # schema name -> (the class register_schemas last stored under it, the store's entry it made)

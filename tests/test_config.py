@@ -151,6 +151,18 @@ def test_validate_rejects_bad_values(override, match):
         validate(_compose("train", [override]))
 
 
+def test_schemas_another_store_replaced_are_stored_again(tmp_path, monkeypatch):
+    """Shell completion stores its cached schemas (plain dicts, no torch) under the schemas' names; a command composed
+    after it in the same process got those untyped nodes, and a key added with + passed unchecked."""
+    from diffctl.completion import _config_loader
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _compose("train")  # the typed schemas stored
+    _config_loader()
+    with pytest.raises(ValueError, match="unknown key model.foo"):
+        validate(_compose("train", ["+model.foo=1"]))
+
+
 def test_output_root_follows_env(monkeypatch):
     monkeypatch.setenv("DIFFCTL_OUTPUT_ROOT", "/somewhere/else")
     assert _compose("train").paths.output_root == "/somewhere/else"
