@@ -107,7 +107,7 @@ def test_cfg_job_prints_the_composed_config(diffctl):
 @pytest.mark.slow
 def test_train_sample_eval_inspect_end_to_end(diffctl):
     # T = 100: eval's default metrics include the variational bound, a network call on the whole test split per term
-    # (at T = 1,000, 117 s of this test's 166 s on an AVX2-only core); its value at T = 1,000 is test_likelihood's
+    # (at T = 1,000, 117 s of this test's 166 s on an AVX2-only core); its values are test_likelihood's
     train = run_folder(diffctl("train", *TINY_TRAIN, "schedule.timesteps=100"))
     assert train.parent.parent == diffctl.root / "train"  # outputs/train/<date>/<time>
     assert (train / "config.yaml").exists() and (train / "train.log").exists()
