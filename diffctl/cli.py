@@ -414,12 +414,18 @@ def completion(ctx: typer.Context, shell: str = typer.Argument(None, help="bash 
               f"is on PATH (activate its virtual environment) or when it is typed by its path", file=sys.stderr)
 
 
+def completion_inputs() -> tuple[dict[str, str], Callable]:
+    """What shell completion needs of the command line: each Hydra command's primary config, and a function that
+    builds the click group of the others (its options and commands)."""
+    return {name: config for name, (config, _) in COMMANDS.items()}, lambda: typer.main.get_command(app)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["__complete"]:  # what the completion scripts call: the candidates for the last word, one a line
         from .completion import complete  # (before Typer, which would take the words' --help or --cfg as its own)
 
-        candidates = complete(argv[1:])
+        candidates = complete(argv[1:], *completion_inputs())
         if candidates:
             print("\n".join(candidates))
         return

@@ -23,7 +23,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # Hydra flags that diffctl's commands do not take: the config path and name are diffctl's, Hydra's
 # -sc completion cannot complete a two-word command, and --version would print Hydra's.
@@ -98,36 +98,28 @@ def script(shell: str) -> str:
     return SHELLS[shell].replace("{diffctl}", executable())
 
 
-def complete(words: list[str]) -> list[str]:
+def complete(words: list[str], configs: dict[str, str], click_group: Callable[[], Any]) -> list[str]:
     """The candidates for the last of ``words`` (the words after ``diffctl``); never raises
-    (DIFFCTL_COMPLETE_DEBUG=1 shows what went wrong)."""
+    (DIFFCTL_COMPLETE_DEBUG=1 shows what went wrong). ``configs``: each Hydra command's primary config;
+    ``click_group()``: the click group of the command line (its other commands and options), built only when needed.
+    The command line passes both, so this module knows no command of its own."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _complete(list(words) or [""])
+            return _complete(list(words) or [""], configs, click_group)
     except (Exception, SystemExit):
         if os.environ.get("DIFFCTL_COMPLETE_DEBUG") == "1":
             raise
         return []
 
 
-def _complete(words: list[str]) -> list[str]:
-    from .cli import COMMANDS
-
+def _complete(words: list[str], configs: dict[str, str], click_group: Callable[[], Any]) -> list[str]:
     *before, cur = words
     if not before:
-        return _top_level(cur)
-    if before[0] in COMMANDS:
-        return _hydra_command(before[0], before[1:], cur)
-    return _typer_command(before[0], before[1:], cur)
-
-
-def _click_group():
-    import typer
-
-    from .cli import app
-
-    return typer.main.get_command(app)
+        return _top_level(click_group(), cur)
+    if before[0] in configs:
+        return _hydra_command(configs[before[0]], before[1:], cur)
+    return _typer_command(click_group(), before[0], before[1:], cur)
 
 
 def _options(command) -> list[str]:
@@ -138,17 +130,16 @@ def _options(command) -> list[str]:
     return names
 
 
-def _top_level(cur: str) -> list[str]:
-    group = _click_group()
+def _top_level(group, cur: str) -> list[str]:
     if cur.startswith("-"):
         return sorted({o for o in _options(group) if o.startswith(cur)})
     return sorted(name for name, cmd in group.commands.items() if not cmd.hidden and name.startswith(cur))
 
 
-def _typer_command(name: str, before: list[str], cur: str) -> list[str]:
+def _typer_command(group, name: str, before: list[str], cur: str) -> list[str]:
     """``runs``, ``compare``, ``completion``: their options, and the shell names of ``completion``; files are
     left to the shell."""
-    command = _click_group().commands.get(name)
+    command = group.commands.get(name)
     if command is None or command.hidden:
         return []
     if cur.startswith("-"):
@@ -165,10 +156,8 @@ def _hydra_flags() -> dict[str, Any]:
     return {o: a for a in get_args_parser()._actions for o in a.option_strings if o not in _NOT_OFFERED}
 
 
-def _hydra_command(command: str, before: list[str], cur: str) -> list[str]:
+def _hydra_command(config_name: str, before: list[str], cur: str) -> list[str]:
     from hydra.plugins.completion_plugin import CompletionPlugin
-
-    from .cli import COMMANDS
 
     flags = _hydra_flags()
     if cur.startswith("-"):
@@ -196,7 +185,6 @@ def _hydra_command(command: str, before: list[str], cur: str) -> list[str]:
         files = [f + "/" if os.path.isdir(f) else f for f in CompletionPlugin.complete_files(filename)]
         return sorted(values + [key_eq + f for f in files])
 
-    config_name = COMMANDS[command][0]
     loader = _config_loader()
     groups = composed_groups(loader, config_name, overrides, multirun)
     if groups is None:  # the overrides typed so far make no defaults list (schedule=nope): complete without them

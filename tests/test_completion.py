@@ -46,12 +46,13 @@ def complete(env, *words, flags=()):
 def candidates(env, *words) -> list[str]:
     """What ``diffctl __complete <words>`` prints, computed in this process with ``env``'s cache (the candidate lists; the
     subprocess tests here keep the process boundary: what a Tab press imports, the exit codes, the shells' scripts)."""
+    from diffctl.cli import completion_inputs
     from diffctl.completion import complete as complete_here
 
     with pytest.MonkeyPatch.context() as m:
         m.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
         m.setenv("DIFFCTL_COMPLETE_DEBUG", "1")
-        return complete_here(list(words))
+        return complete_here(list(words), *completion_inputs())
 
 
 def test_the_schema_cache_is_made_once_and_a_tab_press_imports_no_torch(shell_env):
