@@ -137,7 +137,7 @@ def load_base(cfg, data, pixels=None) -> tuple[Path, object]:
 def control_inputs(spec, cond: ControlCond, data) -> tuple[torch.Tensor, Optional[torch.Tensor], list]:
     """(control images ``[M, c, H, W]``, the real images they come from when known, names) of ``control.image``: None
     (the test split), a test index or a list of them, or a PNG of the control itself (white = 1)."""
-    from .steering import load_png, test_images
+    from .data.inputs import load_png, test_images
 
     chosen = test_images(spec, data, "control.image")
     if chosen is not None:

@@ -2,7 +2,7 @@
 checked and turned into a ``generation.Conditioning``; and generation run from such a config.
 
 This is the config side of generation: it raises the ``UsageError``s of bad requests, loads the
-guidance classifier (``runtime.load_classifier``) and reads inpainting PNGs.  ``diffctl sample`` and
+guidance classifier (``runtime.load_classifier``) and reads inpainting PNGs (``data.inputs``).  ``diffctl sample`` and
 ``diffctl eval`` generate through ``generate_from_config``.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .data.inputs import load_png
 from .errors import UsageError
 from .generation import Conditioning, Generated, class_labels, generate
 from .progress import progress_bar
@@ -34,30 +34,6 @@ def region_mask(name: str, shape: tuple) -> torch.Tensor:
               "center": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}[name]
     m[:, region[0], region[1]] = 1
     return m
-
-
-def load_png(path: str, shape: tuple, what: str) -> torch.Tensor:
-    """A PNG as ``[C, H, W]`` in [-1, 1], checked against the data's shape (``what``: the config key, for errors)."""
-    from .data.vision import open_image
-
-    img = open_image(path, what)
-    c, h, w = shape
-    if img.size != (w, h):
-        raise UsageError(f"{what}={path} is {img.size[0]}x{img.size[1]}; this model's images are {w}x{h}")
-    arr = torch.from_numpy(np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32)).reshape(h, w, c)
-    return arr.permute(2, 0, 1) / 127.5 - 1
-
-
-def test_images(spec, data, key: str) -> Optional[tuple[torch.Tensor, list]]:
-    """``key=<index | [indices] | null>``: (those test-split images, their names), null meaning the whole split; None when
-    ``spec`` names a file instead."""
-    if not (spec is None or isinstance(spec, int) or OmegaConf.is_list(spec)):
-        return None
-    index = list(range(len(data.test))) if spec is None else [spec] if isinstance(spec, int) else list(spec)
-    bad = [i for i in index if not isinstance(i, int) or not 0 <= i < len(data.test)]
-    if bad or not index:
-        raise UsageError(f"{key}={spec}: the test split has images 0..{len(data.test) - 1}")
-    return data.test[index].float(), [f"test {i}" for i in index]
 
 
 def _requested_classes(classes, num_classes: int) -> list:

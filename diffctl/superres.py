@@ -95,7 +95,7 @@ def superres_inputs(spec, cond: LowResCond, data) -> tuple[torch.Tensor, Optiona
     """(low-resolution inputs ``[M, C, h, w]``, the real images ``[M, C, H, W]`` when known, their names) of
     ``superres.image``: None (the test split), a test index or a list of them, a PNG, or a folder of PNGs; a PNG
     at the model's full resolution is downsampled (and is then the real image), one at the low resolution is the input."""
-    from .steering import load_png, test_images
+    from .data.inputs import load_png, test_images
 
     c, h, w = cond.shape
     f = cond.factor

@@ -410,7 +410,7 @@ def test_decompression_bombs_are_refused_as_dataset_and_inpainting_input(tmp_pat
 
     from diffctl.config import load_option
     from diffctl.data import load_dataset
-    from diffctl.steering import load_png
+    from diffctl.data.inputs import load_png
 
     for i in range(3):
         (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
