@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .data.inputs import load_png
+from .data.inputs import load_png, test_images
 from .errors import UsageError
 from .generation import Conditioning, Generated, class_labels, generate
 from .progress import progress_bar
@@ -150,9 +150,7 @@ def conditioning_from_config(cfg: DictConfig, source: Source, device: torch.devi
         if not data.is_image:
             raise UsageError("inpainting needs image data")
         if isinstance(inp.image, int):
-            if not 0 <= inp.image < len(data.test):
-                raise UsageError(f"inpaint.image={inp.image}: the test split has images 0..{len(data.test) - 1}")
-            known = data.test[inp.image]
+            known = test_images(inp.image, data, "inpaint.image")[0][0]
         else:
             known = load_png(str(inp.image), data.shape, "inpaint.image")
         if inp.mask in MASKS:
